@@ -1,0 +1,82 @@
+/*
+ * The configuration, parsed from YAML by the master.
+ *
+ * tg_config_t is plain data with no pointers: the master copies it into
+ * shared memory on start and on every SIGHUP, and every child reads its
+ * copy from there (see shm_config_read()). Nothing in it may point into a
+ * process's own heap.
+ */
+#ifndef TG_CONFIG_H
+#define TG_CONFIG_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "lib/addr.h"
+
+#define TG_MAX_LISTEN      8
+#define TG_MAX_TRUSTED     16
+#define TG_MAX_WORKERS     64
+#define TG_CONNINFO_MAX    1024
+#define TG_HEADER_NAME_MAX 64
+
+enum tg_reject_mode {
+	TG_REJECT_REPLY, /* 403 Forbidden */
+	TG_REJECT_DROP,  /* silence */
+};
+
+typedef struct tg_listen {
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	/* What goes into our Via and Record-Route for this listener. */
+	char advertise[TG_SOCKADDR_STRLEN]; /* "host:port" or "[v6]:port" */
+} tg_listen_t;
+
+typedef struct tg_config {
+	char path[PATH_MAX]; /* the file it was read from */
+
+	tg_listen_t listen[TG_MAX_LISTEN];
+	int nlisten;
+	int workers;
+
+	struct sockaddr_storage downstream;
+	socklen_t downstream_len;
+	/* Sources trusted as the softswitch: the downstream's address plus `trusted:`. */
+	tg_range_t trusted[TG_MAX_TRUSTED];
+	int ntrusted;
+
+	char database[TG_CONNINFO_MAX];
+
+	int log_level;
+	char log_file[PATH_MAX];
+
+	struct sockaddr_storage metrics;
+	socklen_t metrics_len; /* 0: no metrics endpoint */
+
+	int reject; /* enum tg_reject_mode */
+	char account_header[TG_HEADER_NAME_MAX];
+	char server_name[TG_HEADER_NAME_MAX]; /* Server / User-Agent on our replies */
+
+	/* capacity: sizes of shared memory, restart-only */
+	uint32_t cap_accounts;
+	uint32_t cap_ip_rules;
+
+	/* database reconnect back-off, milliseconds */
+	uint32_t db_retry_min_ms;
+	uint32_t db_retry_max_ms;
+} tg_config_t;
+
+/*
+ * Parse a YAML file into cfg (defaults first). On error returns -1 and
+ * writes "FILE:LINE: key: problem" into err.
+ */
+int tg_config_load(const char *path, tg_config_t *cfg, char *err, size_t errlen);
+void tg_config_defaults(tg_config_t *cfg);
+/*
+ * Names the restart-only keys that differ between a and b ("listen,
+ * workers"), or writes "" when none does.
+ */
+void tg_config_restart_only_diff(const tg_config_t *a, const tg_config_t *b, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,180 @@
+/*
+ * /metrics: Prometheus text exposition, served by the master with evhttp.
+ *
+ * Reads the per-worker counters in shared memory and sums them; never
+ * writes to shared memory. Workers each own their counters, so summing
+ * here is the only place they meet, and a scrape costs the SIP path
+ * nothing.
+ */
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "master/master.h"
+#include "shm/shm.h"
+#include "shm/snapshot.h"
+
+static struct {
+	struct evhttp *http;
+	shm_t *shm;
+	const master_stats_t *st;
+	const tg_config_t *cfg;
+	int fd;
+} mx = {.fd = -1};
+
+static void put_requests(struct evbuffer *b)
+{
+	evbuffer_add_printf(b, "# HELP tollgate_requests_total SIP messages handled, by method and outcome.\n"
+	                       "# TYPE tollgate_requests_total counter\n");
+	for (int me = 0; me < SHM_M_COUNT; me++) {
+		for (int o = 0; o < SHM_O_COUNT; o++) {
+			uint64_t sum = 0;
+			for (uint32_t w = 0; w < mx.shm->hdr->nworkers; w++)
+				sum += atomic_load_explicit(&mx.shm->stats[w].requests[me][o],
+				                            memory_order_relaxed);
+			evbuffer_add_printf(b, "tollgate_requests_total{method=\"%s\",outcome=\"%s\"} %llu\n",
+			                    shm_method_name(me), shm_outcome_name(o),
+			                    (unsigned long long)sum);
+		}
+	}
+}
+
+static void put_refusals(struct evbuffer *b)
+{
+	evbuffer_add_printf(b, "# HELP tollgate_refusals_total Requests refused or dropped, by reason.\n"
+	                       "# TYPE tollgate_refusals_total counter\n");
+	for (int r = 0; r < SHM_R_COUNT; r++) {
+		uint64_t sum = 0;
+		for (uint32_t w = 0; w < mx.shm->hdr->nworkers; w++)
+			sum += atomic_load_explicit(&mx.shm->stats[w].refusals[r], memory_order_relaxed);
+		evbuffer_add_printf(b, "tollgate_refusals_total{reason=\"%s\"} %llu\n", shm_reason_name(r),
+		                    (unsigned long long)sum);
+	}
+}
+
+static void put_gauge(struct evbuffer *b, const char *name, const char *help, const char *type, double v)
+{
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.15g\n", name, help, name, type, name, v);
+}
+
+static void put_state(struct evbuffer *b)
+{
+	shm_loader_sh_t *l = mx.shm->loader;
+	uint64_t built = atomic_load(&l->snapshot_ms);
+	double age = built ? (double)(tg_wall_ms() - built) / 1000.0 : -1;
+
+	put_gauge(b, "tollgate_workers_alive", "Workers serving.", "gauge", mx.st->workers_alive);
+	put_gauge(b, "tollgate_workers_configured", "Workers configured.", "gauge", mx.cfg->workers);
+	put_gauge(b, "tollgate_loader_alive", "1 when the loader process runs.", "gauge",
+	          mx.st->loader_alive);
+	put_gauge(b, "tollgate_child_restarts_total", "Children respawned after dying.", "counter",
+	          (double)mx.st->child_restarts);
+	put_gauge(b, "tollgate_reloads_total", "SIGHUP reloads applied.", "counter",
+	          (double)mx.st->reloads_ok);
+	put_gauge(b, "tollgate_reload_failures_total", "SIGHUP reloads refused (bad config).", "counter",
+	          (double)mx.st->reloads_failed);
+	put_gauge(b, "tollgate_database_connected", "1 while the loader holds a PostgreSQL connection.",
+	          "gauge", atomic_load(&l->db_connected));
+	put_gauge(b, "tollgate_provisioning_loaded", "1 once a provisioning snapshot is published.", "gauge",
+	          atomic_load(&l->have_snapshot));
+	put_gauge(b, "tollgate_snapshot_generation", "Generation of the published snapshot.", "gauge",
+	          (double)atomic_load(&mx.shm->snapctl->generation));
+	put_gauge(b, "tollgate_snapshot_age_seconds", "Age of the published snapshot, -1 if none.", "gauge",
+	          age);
+	put_gauge(b, "tollgate_snapshot_accounts", "Accounts in the published snapshot.", "gauge",
+	          (double)atomic_load(&l->accounts));
+	put_gauge(b, "tollgate_snapshot_ip_rules", "IP rules in the published snapshot.", "gauge",
+	          (double)atomic_load(&l->ip_rules));
+	put_gauge(b, "tollgate_snapshot_rules_invalid", "Rules skipped at the last load.", "gauge",
+	          (double)atomic_load(&l->rules_invalid));
+	put_gauge(b, "tollgate_loads_total", "Full provisioning loads published.", "counter",
+	          (double)atomic_load(&l->loads));
+	put_gauge(b, "tollgate_load_failures_total", "Full provisioning loads that failed.", "counter",
+	          (double)atomic_load(&l->load_failures));
+	put_gauge(b, "tollgate_publish_waits_total", "Times a publish waited for a reader to leave an arena.",
+	          "counter", (double)atomic_load(&l->publish_waits));
+	evbuffer_add_printf(b,
+	                    "# HELP tollgate_build_info Version.\n# TYPE tollgate_build_info gauge\n"
+	                    "tollgate_build_info{version=\"%s\"} 1\n",
+	                    TG_VERSION);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *b;
+
+	(void)arg;
+	if (strcmp(evhttp_request_get_uri(req), "/metrics") != 0) {
+		evhttp_send_error(req, HTTP_NOTFOUND, "try /metrics");
+		return;
+	}
+	b = evbuffer_new();
+	if (b == NULL) {
+		evhttp_send_error(req, HTTP_INTERNAL, NULL);
+		return;
+	}
+	put_requests(b);
+	put_refusals(b);
+	put_state(b);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+	                  "text/plain; version=0.0.4");
+	evhttp_send_reply(req, HTTP_OK, "OK", b);
+	evbuffer_free(b);
+}
+
+int metrics_start(struct event_base *base, const tg_config_t *cfg, shm_t *shm, const master_stats_t *st)
+{
+	char addr[TG_SOCKADDR_STRLEN];
+	evutil_socket_t fd;
+
+	mx.shm = shm;
+	mx.st = st;
+	mx.cfg = cfg;
+	tg_sockaddr_format((const struct sockaddr *)&cfg->metrics, addr, sizeof(addr));
+	mx.http = evhttp_new(base);
+	if (mx.http == NULL)
+		return -1;
+	fd = socket(cfg->metrics.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1;
+	if (fd >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (fd < 0 || bind(fd, (const struct sockaddr *)&cfg->metrics, cfg->metrics_len) < 0 ||
+	    listen(fd, 64) < 0 || evhttp_accept_socket(mx.http, fd) < 0) {
+		log_error("metrics_failed", "call=%s listen=%s", "bind()", addr);
+		if (fd >= 0)
+			close(fd);
+		evhttp_free(mx.http);
+		mx.http = NULL;
+		return -1;
+	}
+	evhttp_set_allowed_methods(mx.http, EVHTTP_REQ_GET);
+	evhttp_set_gencb(mx.http, on_request, NULL);
+	mx.fd = fd;
+	log_info("metrics_listening", "listen=%s", addr);
+	return 0;
+}
+
+void metrics_stop(void)
+{
+	if (mx.http != NULL)
+		evhttp_free(mx.http); /* closes the bound socket too */
+	mx.fd = -1;
+	mx.http = NULL;
+}
+
+/*
+ * A long-lived worker must not keep the metrics port bound after the
+ * master is gone. evhttp_free() here would unregister the master's events
+ * from the epoll instance both processes share, so only the fd is closed.
+ */
+void metrics_close_inherited(void)
+{
+	if (mx.fd >= 0)
+		close(mx.fd);
+	mx.fd = -1;
+	mx.http = NULL;
+}

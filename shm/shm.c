@@ -1,0 +1,154 @@
+/*
+ * The shared-memory segment: layout, creation, and the running
+ * configuration's double buffer.
+ *
+ * Owns the mapping and the offsets in its header. Each table that lives in
+ * the segment (snapshot arenas, counters) has its own file with its own
+ * algorithm; this file only carves the space and hands out pointers.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+
+#include "lib/log.h"
+#include "shm/shm.h"
+#include "shm/snapshot.h"
+
+static const char *const method_names[SHM_M_COUNT] = {
+        "INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "OTHER", "RESPONSE",
+};
+static const char *const outcome_names[SHM_O_COUNT] = {"forwarded", "rejected", "dropped", "answered"};
+static const char *const reason_names[SHM_R_COUNT] = {
+        "unknown_source", "no_rule_fits", "account_inactive", "no_provisioning", "malformed", "too_many_hops",
+        "loop",           "bad_via",      "no_route",         "send_failed",     "too_large",
+};
+
+const char *shm_method_name(int m)
+{
+	return (m >= 0 && m < SHM_M_COUNT) ? method_names[m] : "OTHER";
+}
+
+const char *shm_outcome_name(int o)
+{
+	return (o >= 0 && o < SHM_O_COUNT) ? outcome_names[o] : "unknown";
+}
+
+const char *shm_reason_name(int r)
+{
+	return (r >= 0 && r < SHM_R_COUNT) ? reason_names[r] : "unknown";
+}
+
+static size_t align_up(size_t n, size_t a)
+{
+	return (n + a - 1) & ~(a - 1);
+}
+
+size_t shm_arena_size(const tg_config_t *cfg)
+{
+	return align_up(snap_size_bound(cfg->cap_accounts, cfg->cap_ip_rules), 4096);
+}
+
+static void shm_bind(shm_t *shm)
+{
+	char *base = shm->base;
+	shm_header_sh_t *h = shm->hdr = (shm_header_sh_t *)shm->base;
+
+	shm->procs = (shm_proc_sh_t *)(base + h->off_procs);
+	shm->stats = (shm_stats_sh_t *)(base + h->off_stats);
+	shm->loader = (shm_loader_sh_t *)(base + h->off_loader);
+	shm->conf = (shm_confbuf_sh_t *)(base + h->off_conf);
+	shm->snapctl = (shm_snapctl_sh_t *)(base + h->off_snapctl);
+	shm->arena[0] = base + h->off_arena[0];
+	shm->arena[1] = base + h->off_arena[1];
+	shm->arena_size = h->arena_size;
+}
+
+int shm_create(shm_t *shm, const tg_config_t *cfg)
+{
+	shm_header_sh_t h;
+	size_t off = align_up(sizeof(h), SHM_CACHELINE);
+
+	memset(&h, 0, sizeof(h));
+	h.magic = SHM_MAGIC;
+	h.layout_version = SHM_LAYOUT_VERSION;
+	h.nworkers = (uint32_t)cfg->workers;
+	h.nprocs = h.nworkers + 1;
+	h.off_procs = off;
+	off = align_up(off + h.nprocs * sizeof(shm_proc_sh_t), SHM_CACHELINE);
+	h.off_stats = off;
+	off = align_up(off + h.nworkers * sizeof(shm_stats_sh_t), SHM_CACHELINE);
+	h.off_loader = off;
+	off = align_up(off + sizeof(shm_loader_sh_t), SHM_CACHELINE);
+	h.off_conf = off;
+	off = align_up(off + sizeof(shm_confbuf_sh_t), SHM_CACHELINE);
+	h.off_snapctl = off;
+	off = align_up(off + sizeof(shm_snapctl_sh_t), 4096);
+	h.arena_size = shm_arena_size(cfg);
+	h.off_arena[0] = off;
+	h.off_arena[1] = off + h.arena_size;
+	h.total_size = off + 2 * h.arena_size;
+	if (getrandom(h.secret, sizeof(h.secret), 0) != (ssize_t)sizeof(h.secret)) {
+		log_error("shm_failed", "call=%s", "getrandom()");
+		return -1;
+	}
+
+	/* MAP_NORESERVE: arenas are sized for capacity, pages are touched only as a snapshot fills them */
+	shm->base = mmap(NULL, h.total_size, PROT_READ | PROT_WRITE,
+	                 MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (shm->base == MAP_FAILED) {
+		log_error("shm_failed", "call=%s bytes=%llu", "mmap()", (unsigned long long)h.total_size);
+		shm->base = NULL;
+		return -1;
+	}
+	shm->size = h.total_size;
+	memcpy(shm->base, &h, sizeof(h));
+	shm_bind(shm);
+	atomic_store(&shm->conf->generation, 0);
+	log_info("shm_created", "bytes=%llu arena_bytes=%llu workers=%u", (unsigned long long)h.total_size,
+	         (unsigned long long)h.arena_size, h.nworkers);
+	return 0;
+}
+
+void shm_destroy(shm_t *shm)
+{
+	if (shm->base != NULL)
+		munmap(shm->base, shm->size);
+	shm->base = NULL;
+}
+
+void shm_config_publish(shm_t *shm, const tg_config_t *cfg)
+{
+	uint64_t gen = atomic_load(&shm->conf->generation) + 1;
+	shm_confslot_sh_t *s = &shm->conf->slot[gen & 1];
+
+	atomic_fetch_add(&s->seq, 1); /* odd: being written */
+	memcpy(&s->cfg, cfg, sizeof(*cfg));
+	atomic_fetch_add(&s->seq, 1); /* even: stable */
+	atomic_store(&shm->conf->generation, gen);
+}
+
+int shm_config_read(shm_t *shm, uint64_t *gen, tg_config_t *out)
+{
+	for (int tries = 0; tries < 1000; tries++) {
+		uint64_t g = atomic_load(&shm->conf->generation);
+		shm_confslot_sh_t *s = &shm->conf->slot[g & 1];
+		uint64_t seq1, seq2;
+
+		if (g == *gen)
+			return 0;
+		seq1 = atomic_load(&s->seq);
+		if (seq1 & 1)
+			continue;
+		memcpy(out, &s->cfg, sizeof(*out));
+		atomic_thread_fence(memory_order_acquire);
+		seq2 = atomic_load(&s->seq);
+		if (seq1 != seq2 || atomic_load(&shm->conf->generation) != g)
+			continue;
+		*gen = g;
+		return 1;
+	}
+	/* the master died mid-copy; keep what we have */
+	return 0;
+}

@@ -1,0 +1,169 @@
+/*
+ * The shared-memory segment: one anonymous MAP_SHARED mapping made by the
+ * master before any fork, so every child sees it at the same address. Even
+ * so, structures inside refer to each other by offsets, never pointers, so
+ * the layout stays valid if it is ever mapped elsewhere (a file, a debugger).
+ *
+ * Layout, each part aligned to a cache line:
+ *   shm_header_sh_t         magic, layout version, offsets and sizes
+ *   shm_proc_sh_t[]         one slot per child (loader, then workers)
+ *   shm_stats_sh_t[]        per-worker counters (each written by its worker only)
+ *   shm_loader_sh_t         loader status (database state, snapshot stats)
+ *   shm_confbuf_sh_t        the running configuration, seqlock double buffer
+ *   shm_snapctl_sh_t        the published snapshot generation
+ *   arena[2]                provisioning snapshots (see snapshot.h)
+ *
+ * Ordering: every field names its writer. Fields read by other processes
+ * are C11 atomics; a process never waits for another.
+ */
+#ifndef TG_SHM_H
+#define TG_SHM_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "master/config.h"
+
+#define SHM_CACHELINE      64
+#define SHM_MAGIC          0x74676174654d454dULL /* "tgateMEM" */
+#define SHM_LAYOUT_VERSION 1
+
+/* Request methods and outcomes counted per worker. */
+enum shm_method {
+	SHM_M_INVITE,
+	SHM_M_ACK,
+	SHM_M_BYE,
+	SHM_M_CANCEL,
+	SHM_M_REGISTER,
+	SHM_M_OPTIONS,
+	SHM_M_OTHER,
+	SHM_M_RESPONSE, /* SIP responses relayed */
+	SHM_M_COUNT
+};
+
+enum shm_outcome {
+	SHM_O_FORWARDED, /* sent on downstream or towards a customer */
+	SHM_O_REJECTED,  /* answered with an error reply by us */
+	SHM_O_DROPPED,   /* silently discarded */
+	SHM_O_ANSWERED,  /* answered by us with success (OPTIONS keepalive to tollgate) */
+	SHM_O_COUNT
+};
+
+/* Why a request did not pass. Stable strings in shm_reason_name(). */
+enum shm_reason {
+	SHM_R_UNKNOWN_SOURCE,
+	SHM_R_NO_RULE_FITS, /* address matched, port/prefix did not */
+	SHM_R_ACCOUNT_INACTIVE,
+	SHM_R_NO_PROVISIONING, /* no snapshot loaded yet */
+	SHM_R_MALFORMED,       /* unparseable or missing mandatory headers */
+	SHM_R_TOO_MANY_HOPS,   /* Max-Forwards reached 0 */
+	SHM_R_LOOP,            /* next hop is ourselves */
+	SHM_R_BAD_VIA,         /* response whose top Via is not ours */
+	SHM_R_NO_ROUTE,        /* no usable next hop */
+	SHM_R_SEND_FAILED,
+	SHM_R_TOO_LARGE,
+	SHM_R_COUNT
+};
+
+const char *shm_method_name(int m);
+const char *shm_outcome_name(int o);
+const char *shm_reason_name(int r);
+
+typedef struct shm_header_sh {
+	uint64_t magic;          /* SHM_MAGIC; writer: master, once */
+	uint32_t layout_version; /* SHM_LAYOUT_VERSION */
+	uint32_t nprocs;         /* loader + workers */
+	uint32_t nworkers;
+	uint32_t pad;
+	uint64_t total_size; /* bytes */
+	uint64_t off_procs, off_stats, off_loader, off_conf, off_snapctl;
+	uint64_t off_arena[2];
+	uint64_t arena_size; /* bytes each */
+	uint8_t secret[32];  /* random at master start; keys the Via branch check */
+} shm_header_sh_t;
+
+/* One per child. Index 0 is the loader, 1..N the workers. */
+typedef struct shm_proc_sh {
+	_Alignas(SHM_CACHELINE) _Atomic uint64_t
+	        epoch; /* snapshot generation held, 0 = none; writer: the child, master clears on death */
+	_Atomic int32_t pid;          /* writer: master */
+	_Atomic uint32_t serving;     /* 1 once its loop runs; writer: the child (master clears) */
+	_Atomic uint64_t config_gen;  /* config generation applied; writer: the child */
+	_Atomic uint64_t resync_done; /* loader only: config_gen whose resync finished; writer: loader */
+	_Atomic uint64_t started_ms;  /* writer: master */
+} shm_proc_sh_t;
+
+typedef struct shm_stats_sh {
+	_Alignas(SHM_CACHELINE) _Atomic uint64_t
+	        requests[SHM_M_COUNT][SHM_O_COUNT]; /* count; writer: the worker */
+	_Atomic uint64_t refusals[SHM_R_COUNT];     /* count; writer: the worker */
+} shm_stats_sh_t;
+
+typedef struct shm_loader_sh {
+	_Alignas(SHM_CACHELINE) _Atomic uint32_t db_connected; /* 0/1; writer: loader */
+	_Atomic uint32_t have_snapshot;                        /* 0/1 */
+	_Atomic uint64_t snapshot_ms;   /* wall clock ms when the current snapshot was built */
+	_Atomic uint64_t accounts;      /* in the current snapshot */
+	_Atomic uint64_t ip_rules;      /* in the current snapshot */
+	_Atomic uint64_t rules_invalid; /* rows skipped at the last load */
+	_Atomic uint64_t loads;         /* full loads published */
+	_Atomic uint64_t load_failures; /* full loads that failed */
+	_Atomic uint64_t db_connects;   /* successful connections */
+	_Atomic uint64_t publish_waits; /* times a publish waited for a reader */
+} shm_loader_sh_t;
+
+/*
+ * The running configuration. The master writes slot (gen+1)&1 then stores
+ * gen+1; slot seq is odd while being written. A reader copies slot gen&1
+ * and retries if its seq changed or was odd (a seqlock with two slots: the
+ * writer never waits, a reader retries only while a reload is mid-copy).
+ */
+typedef struct shm_confslot_sh {
+	_Alignas(SHM_CACHELINE) _Atomic uint64_t seq;
+	tg_config_t cfg;
+} shm_confslot_sh_t;
+
+typedef struct shm_confbuf_sh {
+	_Alignas(SHM_CACHELINE) _Atomic uint64_t generation; /* writer: master; starts at 1 */
+	shm_confslot_sh_t slot[2];
+} shm_confbuf_sh_t;
+
+typedef struct shm_snapctl_sh {
+	_Alignas(SHM_CACHELINE) _Atomic uint64_t
+	        generation; /* published snapshot, 0 = none; arena = gen & 1; writer: loader */
+} shm_snapctl_sh_t;
+
+/* Process-local view: pointers computed from the base once after mapping. */
+typedef struct shm {
+	void *base;
+	size_t size;
+	shm_header_sh_t *hdr;
+	shm_proc_sh_t *procs;  /* [nprocs] */
+	shm_stats_sh_t *stats; /* [nworkers] */
+	shm_loader_sh_t *loader;
+	shm_confbuf_sh_t *conf;
+	shm_snapctl_sh_t *snapctl;
+	void *arena[2];
+	size_t arena_size;
+} shm_t;
+
+#define SHM_PROC_LOADER    0
+#define SHM_PROC_WORKER(i) (1 + (i))
+
+/* Bytes one snapshot arena needs for the capacity in cfg. */
+size_t shm_arena_size(const tg_config_t *cfg);
+/* Master: map and initialise. Returns 0 or -1 (logged). */
+int shm_create(shm_t *shm, const tg_config_t *cfg);
+void shm_destroy(shm_t *shm);
+
+/* Master: publish a new configuration to every child. */
+void shm_config_publish(shm_t *shm, const tg_config_t *cfg);
+/*
+ * Child: copy the running configuration into *out if its generation
+ * differs from *gen. Returns 1 when a new one was copied, 0 when unchanged.
+ */
+int shm_config_read(shm_t *shm, uint64_t *gen, tg_config_t *out);
+
+#endif

@@ -1,0 +1,35 @@
+-- Demo provisioning for `make run`, after sql/install.sql.
+--
+--   psql -v ON_ERROR_STOP=1 -d DBNAME -f sql/demo.sql
+--
+-- Safe to run again: existing accounts are kept as they are, and a rule is
+-- added only when its account has no rule with that address yet.
+--
+--   demo       127.0.0.20      max 10 channels
+--   acme       127.0.0.30/32   any port, no tech prefix
+--   suspended  127.0.0.40      inactive account: its calls are refused
+
+\set ON_ERROR_STOP 1
+\set QUIET on
+
+BEGIN;
+
+INSERT INTO tollgate.accounts (name, status, max_channels)
+VALUES ('demo', 'active', 10),
+	('acme', 'active', 0),
+	('suspended', 'inactive', 0)
+ON CONFLICT (name) DO NOTHING;
+
+INSERT INTO tollgate.ip_rules (account_id, address, port, tech_prefix, description)
+SELECT a.id, r.address, NULL, NULL, 'demo data'
+FROM (VALUES ('demo', '127.0.0.20'),
+		('acme', '127.0.0.30/32'),
+		('suspended', '127.0.0.40')) AS r (account, address)
+JOIN tollgate.accounts AS a ON a.name = r.account
+WHERE NOT EXISTS (
+	SELECT 1 FROM tollgate.ip_rules AS x
+	WHERE x.account_id = a.id AND x.address = r.address);
+
+COMMIT;
+
+\echo tollgate demo data: accounts demo, acme, suspended
