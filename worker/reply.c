@@ -24,8 +24,7 @@ static void add_to_tag(worker_t *w, osip_message_t *req, osip_to_t *to)
 
 	if (osip_to_get_tag(to, &tag) == 0 && tag != NULL)
 		return;
-	n = snprintf(in, sizeof(in), "%s|%s",
-	             req->call_id && req->call_id->number ? req->call_id->number : "",
+	n = snprintf(in, sizeof(in), "%s|%s", sip_call_id(req) ? sip_call_id(req) : "",
 	             req->cseq && req->cseq->number ? req->cseq->number : "");
 	if (n < 0 || (size_t)n >= sizeof(in))
 		n = sizeof(in) - 1;

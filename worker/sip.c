@@ -51,9 +51,21 @@ void sip_refresh_config(worker_t *w)
 	}
 }
 
-static const char *call_id_of(osip_message_t *msg)
+/*
+ * The whole Call-ID ("number@host": libosip2 keeps the halves apart), in a
+ * buffer that lives until the next call; NULL when there is none.
+ */
+const char *sip_call_id(const osip_message_t *msg)
 {
-	return msg->call_id != NULL ? msg->call_id->number : NULL;
+	static char buf[512];
+	const osip_call_id_t *c = msg->call_id;
+
+	if (c == NULL || c->number == NULL)
+		return NULL;
+	if (c->host == NULL)
+		return c->number;
+	snprintf(buf, sizeof(buf), "%s@%s", c->number, c->host);
+	return buf;
 }
 
 static int has_to_tag(osip_message_t *msg)
@@ -77,7 +89,7 @@ static void make_branch(const worker_t *w, osip_message_t *msg, osip_via_t *prev
 	else if (prev != NULL)
 		prev_id = prev->host;
 	n = snprintf(in, sizeof(in), "%s|%s|%s", prev_id ? prev_id : "",
-	             call_id_of(msg) ? call_id_of(msg) : "",
+	             sip_call_id(msg) ? sip_call_id(msg) : "",
 	             msg->cseq && msg->cseq->number ? msg->cseq->number : "");
 	if (n < 0 || (size_t)n >= sizeof(in))
 		n = sizeof(in) - 1;
@@ -279,11 +291,11 @@ static void refuse(worker_t *w, const pkt_t *p, osip_message_t *msg, int reason,
 	worker_count(w, m, silent ? SHM_O_DROPPED : SHM_O_REJECTED);
 	if (account != NULL)
 		log_notice("request_refused", "src=%s method=%s call_id=%s reason=%s account=%s code=%d",
-		           p->srcstr, msg->sip_method, call_id_of(msg), shm_reason_name(reason), account,
+		           p->srcstr, msg->sip_method, sip_call_id(msg), shm_reason_name(reason), account,
 		           silent ? 0 : code);
 	else
 		log_notice("request_refused", "src=%s method=%s call_id=%s reason=%s code=%d", p->srcstr,
-		           msg->sip_method, call_id_of(msg), shm_reason_name(reason), silent ? 0 : code);
+		           msg->sip_method, sip_call_id(msg), shm_reason_name(reason), silent ? 0 : code);
 	if (!silent)
 		reply_send(w, p, msg, code, phrase);
 }
@@ -336,11 +348,11 @@ static void forward_request(worker_t *w, const pkt_t *p, osip_message_t *msg, co
 	worker_count(w, m, SHM_O_FORWARDED);
 	if (account != NULL)
 		tg_log(initial ? TG_LOG_INFO : TG_LOG_DEBUG, 0, "request_forwarded",
-		       "src=%s method=%s call_id=%s account=%s", p->srcstr, msg->sip_method, call_id_of(msg),
+		       "src=%s method=%s call_id=%s account=%s", p->srcstr, msg->sip_method, sip_call_id(msg),
 		       account);
 	else
 		tg_log(initial ? TG_LOG_INFO : TG_LOG_DEBUG, 0, "request_forwarded",
-		       "src=%s method=%s call_id=%s", p->srcstr, msg->sip_method, call_id_of(msg));
+		       "src=%s method=%s call_id=%s", p->srcstr, msg->sip_method, sip_call_id(msg));
 }
 
 /* Customer to softswitch. */
@@ -433,7 +445,7 @@ static void handle_request(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	if (why != NULL) {
 		worker_refusal(w, SHM_R_MALFORMED);
 		worker_count(w, sip_method_index(msg->sip_method), SHM_O_REJECTED);
-		log_notice("malformed", "src=%s reason=%s call_id=%s", p->srcstr, why, call_id_of(msg));
+		log_notice("malformed", "src=%s reason=%s call_id=%s", p->srcstr, why, sip_call_id(msg));
 		if (!MSG_IS_ACK(msg) && strcmp(why, "no Via") != 0)
 			reply_send(w, p, msg, 400, "Bad Request");
 		return;
@@ -489,7 +501,7 @@ static void handle_response(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		worker_refusal(w, SHM_R_BAD_VIA);
 		worker_count(w, SHM_M_RESPONSE, SHM_O_DROPPED);
 		log_notice("response_dropped", "src=%s reason=%s call_id=%s status=%d", p->srcstr, "bad_via",
-		           call_id_of(msg), msg->status_code);
+		           sip_call_id(msg), msg->status_code);
 		return;
 	}
 	osip_message_get_via(msg, 0, &top);
@@ -501,7 +513,7 @@ static void handle_response(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		worker_refusal(w, SHM_R_NO_ROUTE);
 		worker_count(w, SHM_M_RESPONSE, SHM_O_DROPPED);
 		log_notice("response_dropped", "src=%s reason=%s call_id=%s status=%d", p->srcstr, "no_route",
-		           call_id_of(msg), msg->status_code);
+		           sip_call_id(msg), msg->status_code);
 		return;
 	}
 	if (serialize_and_send(w, msg, lidx, (struct sockaddr *)&dst, dstlen) < 0) {

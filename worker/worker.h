@@ -39,6 +39,7 @@ typedef struct pkt {
 /* sip.c */
 void sip_handle(worker_t *w, pkt_t *p);
 int sip_method_index(const char *method);
+const char *sip_call_id(const osip_message_t *msg);
 void sip_refresh_config(worker_t *w);
 
 /* reply.c: answers made by tollgate itself, sent back to the packet's source. */
