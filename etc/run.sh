@@ -88,7 +88,7 @@ tollgate is starting on 127.0.0.1:5060 (metrics: http://127.0.0.1:9090/metrics).
 Demo data: account "demo" may call from 127.0.0.20; 127.0.0.40 belongs to an inactive account.
 
 Place a test call, in two other terminals:
-  sipp -sf t/sip/uas.xml -i 127.0.0.10 -p 5080 -set account demo -m 1
+  sipp -sf t/sip/uas.xml -i 127.0.0.10 -p 5080 -set expected_account demo -m 1
   sipp -sf t/sip/uac.xml -i 127.0.0.20 -s 1000 127.0.0.1:5060 -m 1
 and from an unknown address (refused with 403):
   sipp -sf t/sip/uac.xml -i 127.0.0.2 -s 1000 127.0.0.1:5060 -m 1

@@ -300,6 +300,19 @@ static void refuse(worker_t *w, const pkt_t *p, osip_message_t *msg, int reason,
 		reply_send(w, p, msg, code, phrase);
 }
 
+static int via_names_us(const worker_t *w, osip_message_t *msg)
+{
+	osip_via_t *top = NULL;
+	osip_uri_t u;
+
+	if (osip_message_get_via(msg, 0, &top) != 0 || top == NULL)
+		return 0;
+	memset(&u, 0, sizeof(u));
+	u.host = top->host;
+	u.port = top->port;
+	return uri_is_ours(w, &u);
+}
+
 /* A request may be forwarded only once these hold (RFC 3261 16.3 and 8.2). */
 static const char *request_insane(osip_message_t *msg)
 {
@@ -450,6 +463,11 @@ static void handle_request(worker_t *w, const pkt_t *p, osip_message_t *msg)
 			reply_send(w, p, msg, 400, "Bad Request");
 		return;
 	}
+	if (via_names_us(w, msg)) {
+		/* our own Via on top: this request has been through us already (a loop or a replay) */
+		refuse(w, p, msg, SHM_R_LOOP, 482, "Loop Detected", NULL);
+		return;
+	}
 	if (max_forwards_step(msg) < 0) {
 		refuse(w, p, msg, SHM_R_TOO_MANY_HOPS, 483, "Too Many Hops", NULL);
 		return;
@@ -523,6 +541,42 @@ static void handle_response(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	worker_count(w, SHM_M_RESPONSE, SHM_O_FORWARDED);
 }
 
+static int token_char(unsigned char c)
+{
+	return isalnum(c) || strchr("-.!%*_+`'~", c) != NULL;
+}
+
+/*
+ * libosip2 accepts header lines it cannot make sense of (no colon, a name
+ * that is not a token) and would pass them on to the softswitch. RFC 3261
+ * 7.3.1: a header is token, optional whitespace, colon; anything else makes
+ * the message malformed. Returns NULL or what is wrong.
+ */
+static const char *headers_insane(const char *s, size_t n)
+{
+	const char *end = s + n, *line = memchr(s, '\n', n);
+
+	while (line != NULL && ++line < end) {
+		const char *eol = memchr(line, '\n', (size_t)(end - line));
+		const char *c = line;
+
+		if (*c == '\r' || *c == '\n')
+			return NULL; /* the blank line: the body follows */
+		if (*c != ' ' && *c != '\t') {
+			while (c < end && token_char((unsigned char)*c))
+				c++;
+			if (c == line)
+				return "header line without a name";
+			while (c < end && (*c == ' ' || *c == '\t'))
+				c++;
+			if (c >= end || *c != ':')
+				return "header line without a colon after a token name";
+		}
+		line = eol;
+	}
+	return NULL;
+}
+
 static int only_whitespace(const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -534,19 +588,23 @@ static int only_whitespace(const char *s, size_t n)
 void sip_handle(worker_t *w, pkt_t *p)
 {
 	osip_message_t *msg = NULL;
+	const char *why;
 
 	/* RFC 5626 keepalives (CRLF) and empty datagrams are not messages */
 	if (only_whitespace(p->buf, p->len))
 		return;
 	if (osip_message_init(&msg) != 0)
 		return;
-	if (osip_message_parse(msg, p->buf, p->len) != 0 ||
-	    (!MSG_IS_RESPONSE(msg) && msg->sip_method == NULL)) {
-		int replied = reply_raw_400(w, p, "unparseable");
+	why = headers_insane(p->buf, p->len);
+	if (why == NULL && (osip_message_parse(msg, p->buf, p->len) != 0 ||
+	                    (!MSG_IS_RESPONSE(msg) && msg->sip_method == NULL)))
+		why = "unparseable";
+	if (why != NULL) {
+		int replied = reply_raw_400(w, p, why);
 		worker_refusal(w, SHM_R_MALFORMED);
 		worker_count(w, SHM_M_OTHER, replied ? SHM_O_REJECTED : SHM_O_DROPPED);
-		log_notice("malformed", "src=%s reason=%s bytes=%zu replied=%d", p->srcstr, "unparseable",
-		           p->len, replied);
+		log_notice("malformed", "src=%s reason=%s bytes=%zu replied=%d", p->srcstr, why, p->len,
+		           replied);
 	} else if (MSG_IS_RESPONSE(msg)) {
 		handle_response(w, p, msg);
 	} else {

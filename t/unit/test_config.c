@@ -95,6 +95,9 @@ static void test_sample(void)
 	ok(cfg.metrics_len > 0, "sample: metrics on");
 	is_str(fmt(&cfg.metrics), "127.0.0.1:9090", "sample: metrics address");
 	is_int(cfg.reject, TG_REJECT_REPLY, "sample: reject reply");
+	is_str(cfg.snapshot_file, "/var/lib/tollgate/snapshot.bin", "sample: snapshot_file");
+	is_int(cfg.coalesce_ms, 5, "sample: provisioning.coalesce_ms");
+	is_int(cfg.max_delay_ms, 50, "sample: provisioning.max_delay_ms");
 	ok(cfg.path[0] == '/', "sample: path stored absolute (%s)", cfg.path);
 }
 
@@ -124,6 +127,12 @@ static void test_defaults(void)
 	is_int(cfg.cap_ip_rules, 100000, "default capacity.ip_rules");
 	is_int(cfg.db_retry_min_ms, 250, "default db_retry.min_ms");
 	is_int(cfg.db_retry_max_ms, 10000, "default db_retry.max_ms");
+	is_str(cfg.snapshot_file, "", "default snapshot_file: none");
+	is_int(cfg.coalesce_ms, 5, "default provisioning.coalesce_ms");
+	is_int(cfg.max_delay_ms, 50, "default provisioning.max_delay_ms");
+	is_int(cfg.save_interval_ms, 2000, "default provisioning.save_interval_ms");
+	is_int(cfg.dns_refresh_s, 300, "default provisioning.dns_refresh_s");
+	is_str(cfg.hosts_file, "/etc/hosts", "default provisioning.hosts_file");
 	is_int(cfg.ntrusted, 1, "downstream is trusted[0]");
 	tg_ip_parse("127.0.0.1", &ip);
 	ok(tg_range_contains(&cfg.trusted[0], &ip), "trusted[0] holds the downstream's address");
@@ -198,7 +207,10 @@ static void test_values(void)
 	          "account_header: X-Acct_1.v2\n"
 	          "server_name: \"tollgate edge 1\"\n"
 	          "capacity: { accounts: 10000000, ip_rules: 1 }\n"
-	          "db_retry: { min_ms: 10, max_ms: 600000 }\n");
+	          "db_retry: { min_ms: 10, max_ms: 600000 }\n"
+	          "snapshot_file: /var/lib/tg/snap.bin\n"
+	          "provisioning: { coalesce_ms: 0, max_delay_ms: 60000, save_interval_ms: 100,\n"
+	          "  dns_refresh_s: 86400, hosts_file: \"\" }\n");
 	is_int(rc, 0, "every key set");
 	if (rc)
 		printf("#   %s\n", err);
@@ -215,6 +227,12 @@ static void test_values(void)
 	is_int(cfg.cap_ip_rules, 1, "capacity.ip_rules at its minimum");
 	is_int(cfg.db_retry_min_ms, 10, "db_retry.min_ms");
 	is_int(cfg.db_retry_max_ms, 600000, "db_retry.max_ms");
+	is_str(cfg.snapshot_file, "/var/lib/tg/snap.bin", "snapshot_file");
+	is_int(cfg.coalesce_ms, 0, "provisioning.coalesce_ms at its minimum");
+	is_int(cfg.max_delay_ms, 60000, "provisioning.max_delay_ms at its maximum");
+	is_int(cfg.save_interval_ms, 100, "provisioning.save_interval_ms at its minimum");
+	is_int(cfg.dns_refresh_s, 86400, "provisioning.dns_refresh_s at its maximum");
+	is_str(cfg.hosts_file, "", "provisioning.hosts_file \"\" turns it off");
 }
 
 static void test_refusals(void)
@@ -281,6 +299,27 @@ static void test_refusals(void)
 	        "bad value: max_ms (400) is below min_ms (500)", "db_retry.max_ms below min_ms");
 	refused(DS "db_retry: { min_ms: 20000 }\n", 2, "db_retry.min_ms",
 	        "bad value: max_ms (10000) is below", "db_retry.min_ms above the default max");
+
+	refused(DS "provisioning:\n  coalesce_ms: 10001\n", 3, "provisioning.coalesce_ms",
+	        "bad value: 10001 is out of range 0..10000", "provisioning.coalesce_ms too big");
+	refused(DS "provisioning:\n  max_delay_ms: 0\n", 3, "provisioning.max_delay_ms",
+	        "bad value: 0 is out of range 1..60000", "provisioning.max_delay_ms 0");
+	refused(DS "provisioning:\n  coalesce_ms: 40\n  max_delay_ms: 30\n", 4, "provisioning.max_delay_ms",
+	        "bad value: max_delay_ms (30) is below coalesce_ms (40)", "max_delay_ms below coalesce_ms");
+	refused(DS "provisioning: { coalesce_ms: 80 }\n", 2, "provisioning.coalesce_ms",
+	        "bad value: max_delay_ms (50) is below", "coalesce_ms above the default max_delay_ms");
+	refused(DS "provisioning:\n  save_interval_ms: 99\n", 3, "provisioning.save_interval_ms",
+	        "bad value: 99 is out of range 100..86400000", "provisioning.save_interval_ms too small");
+	refused(DS "provisioning:\n  dns_refresh_s: 0\n", 3, "provisioning.dns_refresh_s",
+	        "bad value: 0 is out of range 1..86400", "provisioning.dns_refresh_s 0");
+	refused(DS "provisioning:\n  hosts_file: [a]\n", 3, "provisioning.hosts_file",
+	        "wrong type: expected a string, got a sequence", "provisioning.hosts_file sequence");
+	refused(DS "provisioning:\n  dns_refresh: 5\n", 3, "provisioning.dns_refresh", "unknown key",
+	        "unknown provisioning key");
+	refused(DS "snapshot_file: /var/lib/tollgate/\n", 2, "snapshot_file", "bad value: names a directory",
+	        "snapshot_file naming a directory");
+	refused(DS "snapshot_file: ~\n", 2, "snapshot_file", "wrong type: expected a string, got null",
+	        "null snapshot_file");
 
 	/* bad strings and addresses */
 	refused(DS "reject: maybe\n", 2, "reject", "bad value: \"maybe\" is not one of reply, drop",
@@ -388,7 +427,8 @@ static void test_restart_diff(void)
 	is_str(out, "", "same config: no restart-only change");
 
 	load(DS "workers: 2\nmetrics: 127.0.0.1:9090\nlog: { level: debug }\nreject: drop\n"
-	        "db_retry: { min_ms: 100 }\n");
+	        "db_retry: { min_ms: 100 }\nsnapshot_file: /tmp/s.bin\n"
+	        "provisioning: { coalesce_ms: 1, dns_refresh_s: 5 }\n");
 	b = cfg;
 	tg_config_restart_only_diff(&a, &b, out, sizeof out);
 	is_str(out, "", "SIGHUP keys alone: no restart-only change");
