@@ -224,6 +224,15 @@ $r = $untrusted->wait_response(call_id => $opt3->header('call-id'), timeout => 2
 is($r && $r->status, 403, 'the same from untrusted, unprovisioned 127.0.0.12: 403');
 is($cust->recv(timeout => 0.3), undef, '... and the customer got nothing');
 
+# --- a request that has been through tollgate already -------------------------
+
+my $looped = $cust->build(method => 'INVITE');
+$_->[1] = "SIP/2.0/UDP $tg;branch=z9hG4bKtg0123456789abcdef" for grep { lc $_->[0] eq 'via' } @{ $looped->{headers} };
+$cust->send($looped);
+$r = $cust->wait_response(call_id => $looped->header('call-id'), timeout => 2);
+is($r && $r->status, 482, "a request whose top Via is tollgate's own gets 482 Loop Detected");
+is($ss->recv(timeout => 0.3), undef, '... and is not forwarded');
+
 is($t->stop, 0, 'SIGTERM: exit 0');
 $t->finish;
 done_testing;
