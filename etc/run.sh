@@ -80,6 +80,7 @@ database: "host=$pgdir port=$pgport user=tollgate dbname=tollgate"
 log: { level: info, file: "-" }
 metrics: "127.0.0.1:9090"
 reject: reply
+snapshot_file: "$var/snapshot.bin"
 YAML
 
 cat <<MSG
@@ -93,7 +94,7 @@ Place a test call, in two other terminals:
 and from an unknown address (refused with 403):
   sipp -sf t/sip/uac.xml -i 127.0.0.2 -s 1000 127.0.0.1:5060 -m 1
 Provision with SQL:  $psql -d tollgate
-Reload after a change:  kill -HUP \$(pgrep -f 'tollgate: master')
+Changes apply live; SIGHUP (kill -HUP on the master) re-reads the config.
 Ctrl-C stops tollgate and this private PostgreSQL.
 
 MSG

@@ -185,6 +185,18 @@ static int get_int(cfg_parse_t *p, yaml_node_t *n, const char *key, long long mi
 	return 0;
 }
 
+/* An integer key stored as uint32_t; min and max must lie within its range. */
+static int set_u32(cfg_parse_t *p, yaml_node_t *n, const char *key, long long min, long long max,
+                   uint32_t *dst)
+{
+	long long v;
+
+	if (get_int(p, n, key, min, max, &v) < 0)
+		return -1;
+	*dst = (uint32_t)v;
+	return 0;
+}
+
 /* ---- addresses ---- */
 
 static uint16_t port_of(const struct sockaddr_storage *ss)
@@ -657,22 +669,12 @@ static int parse_log(cfg_parse_t *p, yaml_node_t *n, const char *key)
 
 static int parse_cap_accounts(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
-	long long v;
-
-	if (get_int(p, n, key, 1, 10000000, &v) < 0)
-		return -1;
-	p->cfg->cap_accounts = (uint32_t)v;
-	return 0;
+	return set_u32(p, n, key, 1, 10000000, &p->cfg->cap_accounts);
 }
 
 static int parse_cap_ip_rules(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
-	long long v;
-
-	if (get_int(p, n, key, 1, 50000000, &v) < 0)
-		return -1;
-	p->cfg->cap_ip_rules = (uint32_t)v;
-	return 0;
+	return set_u32(p, n, key, 1, 50000000, &p->cfg->cap_ip_rules);
 }
 
 static int parse_capacity(cfg_parse_t *p, yaml_node_t *n, const char *key)
@@ -688,22 +690,12 @@ static int parse_capacity(cfg_parse_t *p, yaml_node_t *n, const char *key)
 
 static int parse_retry_min(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
-	long long v;
-
-	if (get_int(p, n, key, 10, 60000, &v) < 0)
-		return -1;
-	p->cfg->db_retry_min_ms = (uint32_t)v;
-	return 0;
+	return set_u32(p, n, key, 10, 60000, &p->cfg->db_retry_min_ms);
 }
 
 static int parse_retry_max(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
-	long long v;
-
-	if (get_int(p, n, key, 10, 600000, &v) < 0)
-		return -1;
-	p->cfg->db_retry_max_ms = (uint32_t)v;
-	return 0;
+	return set_u32(p, n, key, 10, 600000, &p->cfg->db_retry_max_ms);
 }
 
 static int parse_db_retry(cfg_parse_t *p, yaml_node_t *n, const char *key)
@@ -723,6 +715,75 @@ static int parse_db_retry(cfg_parse_t *p, yaml_node_t *n, const char *key)
 	            cfg->db_retry_max_ms, cfg->db_retry_min_ms);
 }
 
+/* ---- snapshot_file ---- */
+
+/* The loader writes FILE.tmp.PID first: leave room for that suffix. */
+#define CFG_TMP_SUFFIX_MAX 32
+
+static int parse_snapshot_file(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	char *dst = p->cfg->snapshot_file;
+	size_t len;
+
+	if (copy_string(p, n, key, dst, sizeof p->cfg->snapshot_file - CFG_TMP_SUFFIX_MAX) < 0)
+		return -1;
+	len = strlen(dst);
+	if (len > 0 && dst[len - 1] == '/')
+		return fail(p, n, key, "bad value: names a directory; give a file path, or \"\" for none");
+	return 0;
+}
+
+/* ---- provisioning ---- */
+
+static int parse_coalesce_ms(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 0, 10000, &p->cfg->coalesce_ms);
+}
+
+static int parse_max_delay_ms(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 1, 60000, &p->cfg->max_delay_ms);
+}
+
+static int parse_save_interval_ms(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 100, 86400000, &p->cfg->save_interval_ms);
+}
+
+static int parse_dns_refresh_s(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 1, 86400, &p->cfg->dns_refresh_s);
+}
+
+static int parse_hosts_file(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return copy_string(p, n, key, p->cfg->hosts_file, sizeof p->cfg->hosts_file);
+}
+
+static int parse_provisioning(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	static const cfg_field_t fields[] = {
+	        {"coalesce_ms", parse_coalesce_ms},
+	        {"max_delay_ms", parse_max_delay_ms},
+	        {"save_interval_ms", parse_save_interval_ms},
+	        {"dns_refresh_s", parse_dns_refresh_s},
+	        {"hosts_file", parse_hosts_file},
+	};
+	yaml_node_t *found[NFIELDS(fields)];
+	tg_config_t *cfg = p->cfg;
+	char k[CFG_KEY_MAX];
+
+	if (map_apply(p, n, key, fields, NFIELDS(fields), found) < 0)
+		return -1;
+	if (cfg->max_delay_ms >= cfg->coalesce_ms)
+		return 0;
+	/* as for db_retry: blame the key the operator wrote; with both written, the ceiling */
+	join_key(k, sizeof k, key, found[1] ? "max_delay_ms" : "coalesce_ms");
+	return fail(p, found[1] ? found[1] : found[0], k,
+	            "bad value: max_delay_ms (%u) is below coalesce_ms (%u)", cfg->max_delay_ms,
+	            cfg->coalesce_ms);
+}
+
 /* ---- the document ---- */
 
 /* downstream before trusted: it fills trusted[0]. */
@@ -739,6 +800,8 @@ static const cfg_field_t top_fields[] = {
         {"server_name", parse_server_name},
         {"capacity", parse_capacity},
         {"db_retry", parse_db_retry},
+        {"snapshot_file", parse_snapshot_file},
+        {"provisioning", parse_provisioning},
 };
 
 static int parse_root(cfg_parse_t *p, yaml_node_t *root)
@@ -891,6 +954,12 @@ void tg_config_defaults(tg_config_t *cfg)
 	cfg->cap_ip_rules = 100000;
 	cfg->db_retry_min_ms = 250;
 	cfg->db_retry_max_ms = 10000;
+	/* snapshot_file stays "": writing files is the operator's choice */
+	cfg->coalesce_ms = 5;
+	cfg->max_delay_ms = 50;
+	cfg->save_interval_ms = 2000;
+	cfg->dns_refresh_s = 300;
+	snprintf(cfg->hosts_file, sizeof cfg->hosts_file, "/etc/hosts");
 }
 
 int tg_config_load(const char *path, tg_config_t *cfg, char *err, size_t errlen)

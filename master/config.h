@@ -65,6 +65,16 @@ typedef struct tg_config {
 	/* database reconnect back-off, milliseconds */
 	uint32_t db_retry_min_ms;
 	uint32_t db_retry_max_ms;
+
+	/* where the loader keeps the last published snapshot; "" = nowhere */
+	char snapshot_file[PATH_MAX];
+
+	/* provisioning: live changes from PostgreSQL (the loader) */
+	uint32_t coalesce_ms;      /* quiet time that ends a burst of changes */
+	uint32_t max_delay_ms;     /* longest a change waits for its burst to end */
+	uint32_t save_interval_ms; /* least time between two writes of snapshot_file */
+	uint32_t dns_refresh_s;    /* host names in ip_rules are resolved again this often */
+	char hosts_file[PATH_MAX]; /* read before DNS; "" = none */
 } tg_config_t;
 
 /*

@@ -70,6 +70,8 @@ static struct {
 	int ready_logged;
 	uint64_t reload_gen; /* config generation whose reload is pending, 0 = none */
 	uint64_t reload_started_ms;
+	uint64_t reopen_gen; /* SIGUSR1 whose acknowledgements are awaited, 0 = none */
+	uint64_t reopen_started_ms;
 	master_stats_t stats;
 	struct event *tick_ev;
 	uint64_t stop_deadline_ms;
@@ -354,8 +356,8 @@ static void on_reopen(evutil_socket_t sig, short what, void *arg)
 	(void)arg;
 	if (tg_log_reopen() < 0)
 		log_error("log_reopen_failed", "file=%s", m.cfg->log_file);
-	else
-		log_notice("log_reopened", "file=%s", m.cfg->log_file);
+	m.reopen_gen = atomic_fetch_add(&m.shm.conf->log_gen, 1) + 1;
+	m.reopen_started_ms = tg_now_ms();
 	signal_children(SIGUSR1);
 }
 
@@ -413,6 +415,24 @@ static void tick_reload(void)
 	}
 }
 
+/* `log_reopened` once every alive child writes to the new file, so logrotate can act on the old one. */
+static void tick_reopen(void)
+{
+	int pending = 0;
+
+	if (m.reopen_gen == 0)
+		return;
+	for (int i = 0; i < m.nchildren; i++)
+		if (m.children[i].pid != 0 &&
+		    atomic_load(&child_slot(&m.children[i])->log_gen) < m.reopen_gen)
+			pending++;
+	if (pending == 0 || tg_now_ms() - m.reopen_started_ms > RELOAD_TIMEOUT_MS) {
+		tg_log(pending ? TG_LOG_WARN : TG_LOG_NOTICE, 0, "log_reopened",
+		       "file=%s children_pending=%d", m.cfg->log_file, pending);
+		m.reopen_gen = 0;
+	}
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -430,6 +450,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	}
 	tick_alive();
 	tick_reload();
+	tick_reopen();
 }
 
 static int add_signal(int sig, event_callback_fn cb)

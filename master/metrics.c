@@ -61,6 +61,31 @@ static void put_gauge(struct evbuffer *b, const char *name, const char *help, co
 	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.15g\n", name, help, name, type, name, v);
 }
 
+/* Live provisioning: changes from PostgreSQL, the snapshot file, host names. */
+static void put_live(struct evbuffer *b, shm_loader_sh_t *l)
+{
+	put_gauge(b, "tollgate_notifications_total", "Change notifications received from PostgreSQL.",
+	          "counter", (double)atomic_load(&l->notifications));
+	put_gauge(b, "tollgate_deltas_total", "Snapshots published for changes, without a full load.",
+	          "counter", (double)atomic_load(&l->deltas));
+	put_gauge(b, "tollgate_forced_resyncs_total",
+	          "Full loads forced by changes (TRUNCATE, bulk statements, too many rows at once).",
+	          "counter", (double)atomic_load(&l->forced_resyncs));
+	put_gauge(b, "tollgate_publish_latency_seconds",
+	          "Last publish: from the first change received to the snapshot published.", "gauge",
+	          (double)atomic_load(&l->publish_latency_us) / 1e6);
+	put_gauge(b, "tollgate_snapshot_from_file", "1 while serving the snapshot file, not the database.",
+	          "gauge", atomic_load(&l->snapshot_from_file));
+	put_gauge(b, "tollgate_snapshot_saves_total", "Snapshot files written.", "counter",
+	          (double)atomic_load(&l->snapshot_saves));
+	put_gauge(b, "tollgate_snapshot_save_failures_total", "Snapshot files that could not be written.",
+	          "counter", (double)atomic_load(&l->snapshot_save_failures));
+	put_gauge(b, "tollgate_hostname_rules", "IP rules whose address is a host name.", "gauge",
+	          atomic_load(&l->hostname_rules));
+	put_gauge(b, "tollgate_dns_failures_total", "Host-name lookups that failed (last addresses kept).",
+	          "counter", (double)atomic_load(&l->dns_failures));
+}
+
 static void put_state(struct evbuffer *b)
 {
 	shm_loader_sh_t *l = mx.shm->loader;
@@ -97,6 +122,7 @@ static void put_state(struct evbuffer *b)
 	          (double)atomic_load(&l->load_failures));
 	put_gauge(b, "tollgate_publish_waits_total", "Times a publish waited for a reader to leave an arena.",
 	          "counter", (double)atomic_load(&l->publish_waits));
+	put_live(b, l);
 	evbuffer_add_printf(b,
 	                    "# HELP tollgate_build_info Version.\n# TYPE tollgate_build_info gauge\n"
 	                    "tollgate_build_info{version=\"%s\"} 1\n",

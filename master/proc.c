@@ -32,6 +32,15 @@ static void parent_gone(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+void proc_log_reopen(tg_child_t *c)
+{
+	uint64_t gen = atomic_load(&c->shm->conf->log_gen);
+
+	if (tg_log_reopen() < 0)
+		log_error("log_reopen_failed", "call=%s", "open()");
+	atomic_store(&c->slot->log_gen, gen);
+}
+
 void proc_watch_parent(struct event_base *base, tg_child_t *c)
 {
 	struct event *ev = event_new(base, c->parent_fd, EV_READ | EV_PERSIST, parent_gone, NULL);

@@ -30,6 +30,12 @@ int worker_main(tg_child_t *c);
  * child outlives it. Registers a persistent read event on c->parent_fd.
  */
 void proc_watch_parent(struct event_base *base, tg_child_t *c);
+/*
+ * SIGUSR1 in a child: reopen the log file, then acknowledge in the slot so
+ * the master can say `log_reopened` only once every process writes to the
+ * new file (logrotate may compress the old one right after).
+ */
+void proc_log_reopen(tg_child_t *c);
 /* Name shown by ps: "tollgate: worker 3". proc_title_init() once, from main. */
 void proc_title_init(int argc, char **argv);
 void proc_set_title(const char *title);

@@ -45,9 +45,14 @@ static size_t align_up(size_t n, size_t a)
 	return (n + a - 1) & ~(a - 1);
 }
 
-size_t shm_arena_size(const tg_config_t *cfg)
+size_t shm_head_arena_size(const tg_config_t *cfg)
 {
-	return align_up(snap_size_bound(cfg->cap_accounts, cfg->cap_ip_rules), 4096);
+	return align_up(snap_head_size_bound(cfg->cap_accounts, cfg->cap_ip_rules), 4096);
+}
+
+size_t shm_base_arena_size(const tg_config_t *cfg)
+{
+	return align_up(snap_base_size_bound(cfg->cap_ip_rules), 4096);
 }
 
 static void shm_bind(shm_t *shm)
@@ -60,9 +65,12 @@ static void shm_bind(shm_t *shm)
 	shm->loader = (shm_loader_sh_t *)(base + h->off_loader);
 	shm->conf = (shm_confbuf_sh_t *)(base + h->off_conf);
 	shm->snapctl = (shm_snapctl_sh_t *)(base + h->off_snapctl);
-	shm->arena[0] = base + h->off_arena[0];
-	shm->arena[1] = base + h->off_arena[1];
-	shm->arena_size = h->arena_size;
+	for (int i = 0; i < 2; i++) {
+		shm->head_arena[i] = base + h->off_head[i];
+		shm->base_arena[i] = base + h->off_base[i];
+	}
+	shm->head_size = h->head_size;
+	shm->base_size = h->base_size;
 }
 
 int shm_create(shm_t *shm, const tg_config_t *cfg)
@@ -85,10 +93,16 @@ int shm_create(shm_t *shm, const tg_config_t *cfg)
 	off = align_up(off + sizeof(shm_confbuf_sh_t), SHM_CACHELINE);
 	h.off_snapctl = off;
 	off = align_up(off + sizeof(shm_snapctl_sh_t), 4096);
-	h.arena_size = shm_arena_size(cfg);
-	h.off_arena[0] = off;
-	h.off_arena[1] = off + h.arena_size;
-	h.total_size = off + 2 * h.arena_size;
+	h.cap_accounts = cfg->cap_accounts;
+	h.cap_ip_rules = cfg->cap_ip_rules;
+	h.head_size = shm_head_arena_size(cfg);
+	h.off_head[0] = off;
+	h.off_head[1] = off + h.head_size;
+	off += 2 * h.head_size;
+	h.base_size = shm_base_arena_size(cfg);
+	h.off_base[0] = off;
+	h.off_base[1] = off + h.base_size;
+	h.total_size = off + 2 * h.base_size;
 	if (getrandom(h.secret, sizeof(h.secret), 0) != (ssize_t)sizeof(h.secret)) {
 		log_error("shm_failed", "call=%s", "getrandom()");
 		return -1;
@@ -106,8 +120,9 @@ int shm_create(shm_t *shm, const tg_config_t *cfg)
 	memcpy(shm->base, &h, sizeof(h));
 	shm_bind(shm);
 	atomic_store(&shm->conf->generation, 0);
-	log_info("shm_created", "bytes=%llu arena_bytes=%llu workers=%u", (unsigned long long)h.total_size,
-	         (unsigned long long)h.arena_size, h.nworkers);
+	log_info("shm_created", "bytes=%llu head_arena_bytes=%llu base_arena_bytes=%llu workers=%u",
+	         (unsigned long long)h.total_size, (unsigned long long)h.head_size,
+	         (unsigned long long)h.base_size, h.nworkers);
 	return 0;
 }
 

@@ -10,8 +10,13 @@
  *   shm_stats_sh_t[]        per-worker counters (each written by its worker only)
  *   shm_loader_sh_t         loader status (database state, snapshot stats)
  *   shm_confbuf_sh_t        the running configuration, seqlock double buffer
- *   shm_snapctl_sh_t        the published snapshot generation
- *   arena[2]                provisioning snapshots (see snapshot.h)
+ *   shm_snapctl_sh_t        the published snapshot generation, base bookkeeping
+ *   head arena[2]           provisioning heads: accounts, overlay, tombstones
+ *                           (header.head_size bytes each, snap_head_size_bound())
+ *   base arena[2]           provisioning bases: rule entries and their index
+ *                           (header.base_size bytes each, snap_base_size_bound())
+ * Arenas start on a page; see snapshot.h for what they hold and when
+ * each may be rewritten.
  *
  * Ordering: every field names its writer. Fields read by other processes
  * are C11 atomics; a process never waits for another.
@@ -28,7 +33,7 @@
 
 #define SHM_CACHELINE      64
 #define SHM_MAGIC          0x74676174654d454dULL /* "tgateMEM" */
-#define SHM_LAYOUT_VERSION 1
+#define SHM_LAYOUT_VERSION 2
 
 /* Request methods and outcomes counted per worker. */
 enum shm_method {
@@ -79,9 +84,13 @@ typedef struct shm_header_sh {
 	uint32_t pad;
 	uint64_t total_size; /* bytes */
 	uint64_t off_procs, off_stats, off_loader, off_conf, off_snapctl;
-	uint64_t off_arena[2];
-	uint64_t arena_size; /* bytes each */
-	uint8_t secret[32];  /* random at master start; keys the Via branch check */
+	uint64_t off_head[2];  /* head arenas, from the segment's start */
+	uint64_t head_size;    /* bytes each */
+	uint64_t off_base[2];  /* base arenas */
+	uint64_t base_size;    /* bytes each */
+	uint32_t cap_accounts; /* the capacity the arenas were sized for */
+	uint32_t cap_ip_rules;
+	uint8_t secret[32]; /* random at master start; keys the Via branch check */
 } shm_header_sh_t;
 
 /* One per child. Index 0 is the loader, 1..N the workers. */
@@ -93,6 +102,7 @@ typedef struct shm_proc_sh {
 	_Atomic uint64_t config_gen;  /* config generation applied; writer: the child */
 	_Atomic uint64_t resync_done; /* loader only: config_gen whose resync finished; writer: loader */
 	_Atomic uint64_t started_ms;  /* writer: master */
+	_Atomic uint64_t log_gen;     /* the log reopen request it has carried out; writer: the child */
 } shm_proc_sh_t;
 
 typedef struct shm_stats_sh {
@@ -112,6 +122,16 @@ typedef struct shm_loader_sh {
 	_Atomic uint64_t load_failures; /* full loads that failed */
 	_Atomic uint64_t db_connects;   /* successful connections */
 	_Atomic uint64_t publish_waits; /* times a publish waited for a reader */
+	/* live provisioning; writer: loader */
+	_Atomic uint64_t notifications;      /* NOTIFY messages received */
+	_Atomic uint64_t deltas;             /* publishes of changes without a full load */
+	_Atomic uint64_t forced_resyncs;     /* full loads a change forced (TRUNCATE, bulk, too many ids) */
+	_Atomic uint64_t publish_latency_us; /* last publish: first change received -> published */
+	_Atomic uint32_t snapshot_from_file; /* 0/1: serving the snapshot file, not the database */
+	_Atomic uint32_t hostname_rules;     /* rules whose address is a host name */
+	_Atomic uint64_t dns_failures;       /* host-name lookups that failed */
+	_Atomic uint64_t snapshot_saves;     /* snapshot files written */
+	_Atomic uint64_t snapshot_save_failures;
 } shm_loader_sh_t;
 
 /*
@@ -127,12 +147,21 @@ typedef struct shm_confslot_sh {
 
 typedef struct shm_confbuf_sh {
 	_Alignas(SHM_CACHELINE) _Atomic uint64_t generation; /* writer: master; starts at 1 */
+	_Atomic uint64_t log_gen; /* SIGUSR1 reopen requests so far; writer: master */
 	shm_confslot_sh_t slot[2];
 } shm_confbuf_sh_t;
 
+/*
+ * Snapshot publication; the order of stores and what a reader may see is
+ * in snapshot.h. Only the loader writes; workers read generation alone.
+ * base_last_head lives here, not in the loader's heap, so that a
+ * respawned loader still knows which base a worker may be reading.
+ */
 typedef struct shm_snapctl_sh {
 	_Alignas(SHM_CACHELINE) _Atomic uint64_t
-	        generation; /* published snapshot, 0 = none; arena = gen & 1; writer: loader */
+	        generation; /* published head, 0 = none; head arena = gen & 1; writer: loader */
+	_Atomic uint64_t base_last_head[2]; /* last head generation published that reads base arena i,
+	                                       0 = none; writer: loader, before it stores generation */
 } shm_snapctl_sh_t;
 
 /* Process-local view: pointers computed from the base once after mapping. */
@@ -145,15 +174,18 @@ typedef struct shm {
 	shm_loader_sh_t *loader;
 	shm_confbuf_sh_t *conf;
 	shm_snapctl_sh_t *snapctl;
-	void *arena[2];
-	size_t arena_size;
+	void *head_arena[2];
+	size_t head_size; /* bytes each */
+	void *base_arena[2];
+	size_t base_size; /* bytes each */
 } shm_t;
 
 #define SHM_PROC_LOADER    0
 #define SHM_PROC_WORKER(i) (1 + (i))
 
-/* Bytes one snapshot arena needs for the capacity in cfg. */
-size_t shm_arena_size(const tg_config_t *cfg);
+/* Bytes one head arena, and one base arena, need for the capacity in cfg. */
+size_t shm_head_arena_size(const tg_config_t *cfg);
+size_t shm_base_arena_size(const tg_config_t *cfg);
 /* Master: map and initialise. Returns 0 or -1 (logged). */
 int shm_create(shm_t *shm, const tg_config_t *cfg);
 void shm_destroy(shm_t *shm);

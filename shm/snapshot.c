@@ -1,29 +1,35 @@
 /*
- * The provisioning snapshot: the builder the loader fills from the
- * database, the writer that lays a snapshot out in an idle arena, the
- * lookup workers run per request, and the two-arena publish protocol
- * described in snapshot.h. It never logs and never touches the database
- * or SIP; it writes only the arena the loader hands it, and returns
- * errors (ENOSPC, ENOMEM, a static reason) for the loader to report.
+ * The provisioning snapshot's shared-memory side: the interval index
+ * (built for a base or an overlay), the two-level lookup workers run per
+ * request, the checksum, and the arena protocol described in snapshot.h.
+ * What goes into a base or a head, and when, is decided by the loader's
+ * model in snapmodel.c. This file never logs, never allocates on the
+ * lookup path, and writes only the region it is handed.
  *
- * The index. Every active rule contributes its first address and last+1
- * as cut points; the points cut the 128-bit space into elementary
- * intervals, the first always starting at ::, so a lookup's binary search
- * for "the largest start <= ip" always lands somewhere. One sweep over the
- * points, in address order, keeps the set of rules covering the current
+ * The index. Every entry contributes its first address and last+1 as cut
+ * points; the points cut the 128-bit space into elementary intervals, the
+ * first always starting at ::, so a lookup's binary search for "the
+ * largest start <= ip" always lands somewhere. One sweep over the points,
+ * in address order, keeps the set of entries covering the current
  * interval sorted by specificity rank and copies it out as the interval's
- * candidate list. Two refinements keep the lists short without changing
- * any lookup's answer:
- *   - inactive rules are left out of the index (a lookup skips them
- *     anyway); they stay in the rules array so indices remain stable;
- *   - a list stops after its first catch-all rule (no port, no tech
- *     prefix, both directions): a lookup walking the list always stops
- *     there, so rules after it are unreachable. This is what keeps
- *     /32s inside a broad /24 at two candidates per interval.
- * Adjacent intervals whose lists came out equal are merged.
+ * candidate list. Adjacent intervals whose lists came out equal are merged.
+ *
+ * Truncation. A list may stop after its first catch-all entry (no port,
+ * no tech prefix, both directions): a lookup walking the list always stops
+ * there, so entries after it are unreachable. This holds only while that
+ * entry cannot disappear: in a base, a tombstone may remove it, and the
+ * wider rules behind it must then answer. So overlays are truncated and
+ * bases are not; a base list is as long as the rules nest at that address.
+ *
+ * Buckets. A binary search over two million intervals is twenty-odd
+ * dependent cache and TLB misses, and a lookup runs two (base and
+ * overlay). IPv4, the common case, gets a first level: a table by the top
+ * bits of the address naming the few intervals its bucket spans, sized to
+ * about eight intervals a bucket (at most 2^16 buckets, 256 KB). IPv6
+ * addresses search the whole array.
  *
  * Cost: three sorts of n compact keys, plus, at each cut point, work
- * proportional to how many rules cover it. Realistic rule sets (mostly
+ * proportional to how many entries cover it. Realistic rule sets (mostly
  * disjoint, a few levels of nesting) build in O(n log n); a pathological
  * set of deeply overlapping ranges costs more and, once its lists outgrow
  * the arena, is refused with ENOSPC.
@@ -33,37 +39,42 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
 #include "shm/snapshot.h"
-
-#define ALIGN8(n) (((size_t)(n) + 7) & ~(size_t)7)
-
-#define FNV64_OFFSET 0xcbf29ce484222325ULL
-#define FNV64_PRIME  0x100000001b3ULL
+#include "shm/snapshot_int.h"
 
 #define MAX_ENTRIES (UINT32_MAX / 2) /* counts stay far from uint32 wrap */
 
 /* ------------------------------------------------------------------ */
-/* id -> index maps for the builder                                    */
+/* checksum                                                            */
 
-/* Open addressing, linear probing, at most half full. */
-typedef struct id_slot {
-	int64_t id;
-	uint32_t idx1; /* index + 1; 0 = empty */
-} id_slot_t;
+/*
+ * Four independent multiply-rotate lanes over 64-bit words: the CPU runs
+ * the lanes' multiplies in parallel, several bytes a cycle, where FNV-1a
+ * byte by byte spent 140 ms on a 150 MB base. It only has to catch a
+ * region rewritten or torn under a reader, not an adversary.
+ */
+#define HASH_P1 0x9e3779b97f4a7c15ULL
+#define HASH_P2 0xc2b2ae3d27d4eb4fULL
 
-typedef struct id_map {
-	id_slot_t *slots;
-	size_t mask; /* capacity - 1, capacity a power of two */
-	size_t used;
-} id_map_t;
-
-static uint64_t id_hash(int64_t id)
+static uint64_t load64(const unsigned char *p)
 {
-	/* splitmix64's finaliser: sequential database ids spread evenly. */
-	uint64_t x = (uint64_t)id;
+	uint64_t w;
 
+	memcpy(&w, p, sizeof(w));
+	return w;
+}
+
+static uint64_t hash_round(uint64_t h, uint64_t w)
+{
+	h += w * HASH_P2;
+	h = h << 31 | h >> 33;
+	return h * HASH_P1;
+}
+
+/* splitmix64's finaliser */
+static uint64_t hash_mix(uint64_t x)
+{
 	x ^= x >> 30;
 	x *= 0xbf58476d1ce4e5b9ULL;
 	x ^= x >> 27;
@@ -72,197 +83,32 @@ static uint64_t id_hash(int64_t id)
 	return x;
 }
 
-/* Returns the slot holding id, or the empty slot where it belongs. */
-static id_slot_t *id_map_slot(const id_map_t *map, int64_t id)
+uint64_t snap_region_hash(const void *region, size_t size)
 {
-	size_t i = id_hash(id) & map->mask;
+	const unsigned char *p = (const unsigned char *)region + SNAP_HASHED_FROM;
+	const unsigned char *end = (const unsigned char *)region + size;
+	uint64_t h0 = HASH_P1, h1 = HASH_P2, h2 = ~HASH_P1, h3 = ~HASH_P2;
 
-	while (map->slots[i].idx1 != 0 && map->slots[i].id != id)
-		i = (i + 1) & map->mask;
-	return &map->slots[i];
-}
-
-static int id_map_grow(id_map_t *map)
-{
-	size_t cap = map->slots ? (map->mask + 1) * 2 : 1024;
-	id_map_t bigger = {calloc(cap, sizeof(id_slot_t)), cap - 1, map->used};
-
-	if (bigger.slots == NULL)
-		return -1;
-	for (size_t i = 0; map->slots && i <= map->mask; i++)
-		if (map->slots[i].idx1 != 0)
-			*id_map_slot(&bigger, map->slots[i].id) = map->slots[i];
-	free(map->slots);
-	*map = bigger;
-	return 0;
-}
-
-/* Returns the index stored for id, or -1. */
-static int64_t id_map_get(const id_map_t *map, int64_t id)
-{
-	if (map->slots == NULL)
-		return -1;
-
-	const id_slot_t *slot = id_map_slot(map, id);
-
-	return slot->idx1 ? (int64_t)slot->idx1 - 1 : -1;
-}
-
-/* id must be absent. Returns 0, or -1 when out of memory. */
-static int id_map_put(id_map_t *map, int64_t id, uint32_t idx)
-{
-	if ((map->used + 1) * 2 > (map->slots ? map->mask + 1 : 0) && id_map_grow(map) < 0)
-		return -1;
-
-	id_slot_t *slot = id_map_slot(map, id);
-
-	slot->id = id;
-	slot->idx1 = idx + 1;
-	map->used++;
-	return 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* builder                                                             */
-
-struct snap_builder {
-	snap_account_sh_t *accounts;
-	uint32_t naccounts, cap_accounts;
-	snap_rule_sh_t *rules;
-	uint32_t nrules, cap_rules;
-	id_map_t account_ids;
-	id_map_t rule_ids;
-};
-
-snap_builder_t *snap_builder_new(void)
-{
-	return calloc(1, sizeof(snap_builder_t));
-}
-
-void snap_builder_free(snap_builder_t *b)
-{
-	if (b == NULL)
-		return;
-	free(b->accounts);
-	free(b->rules);
-	free(b->account_ids.slots);
-	free(b->rule_ids.slots);
-	free(b);
-}
-
-uint32_t snap_builder_naccounts(const snap_builder_t *b)
-{
-	return b->naccounts;
-}
-
-uint32_t snap_builder_nrules(const snap_builder_t *b)
-{
-	return b->nrules;
-}
-
-/* Makes room for one more element of *arr. Returns 0 or -1. */
-static int grow_array(void **arr, uint32_t n, uint32_t *cap, size_t elem)
-{
-	if (n < *cap)
-		return 0;
-	if (n >= MAX_ENTRIES)
-		return -1;
-
-	uint32_t want = *cap ? *cap * 2 : 256;
-	void *p = realloc(*arr, (size_t)want * elem);
-
-	if (p == NULL)
-		return -1;
-	*arr = p;
-	*cap = want;
-	return 0;
-}
-
-int snap_builder_account(snap_builder_t *b, int64_t id, const char *name, int active, uint32_t max_channels,
-                         uint32_t max_cps, const char **err)
-{
-	snap_account_sh_t *a;
-	const char *dummy;
-
-	if (err == NULL)
-		err = &dummy;
-	if (name == NULL)
-		name = "";
-	if (strlen(name) >= SNAP_NAME_MAX) {
-		*err = "account name too long";
-		return -1;
+	assert(size >= SNAP_HASHED_FROM && size % 8 == 0);
+	for (; end - p >= 32; p += 32) {
+		h0 = hash_round(h0, load64(p));
+		h1 = hash_round(h1, load64(p + 8));
+		h2 = hash_round(h2, load64(p + 16));
+		h3 = hash_round(h3, load64(p + 24));
 	}
-	if (id_map_get(&b->account_ids, id) >= 0) {
-		*err = "duplicate account id";
-		return -1;
-	}
-	if (grow_array((void **)&b->accounts, b->naccounts, &b->cap_accounts, sizeof(*a)) < 0 ||
-	    id_map_put(&b->account_ids, id, b->naccounts) < 0) {
-		*err = "out of memory";
-		return -1;
-	}
-	a = &b->accounts[b->naccounts++];
-	/* Zeroed padding keeps the checksum a function of the content only. */
-	memset(a, 0, sizeof(*a));
-	a->id = id;
-	a->active = active ? 1 : 0;
-	a->max_channels = max_channels;
-	a->max_cps = max_cps;
-	strcpy(a->name, name);
-	return 0;
+	for (; p < end; p += 8)
+		h0 = hash_round(h0, load64(p));
+	return hash_mix(hash_mix(hash_mix(hash_mix(size ^ h0) ^ h1) ^ h2) ^ h3);
 }
 
-static const char *rule_check(const snap_builder_t *b, int64_t id, const tg_range_t *r,
-                              const char *tech_prefix, unsigned direction)
+uint64_t snap_head_checksum(const snap_head_sh_t *h)
 {
-	if (r->family != AF_INET && r->family != AF_INET6)
-		return "bad range family";
-	if (tg_ip_cmp(&r->first, &r->last) > 0)
-		return "range end before start";
-	if (strlen(tech_prefix) >= SNAP_PREFIX_MAX)
-		return "tech prefix too long";
-	if (direction < SNAP_DIR_INGRESS || direction > SNAP_DIR_BOTH)
-		return "bad direction";
-	if (id_map_get(&b->rule_ids, id) >= 0)
-		return "duplicate rule id";
-	return NULL;
+	return snap_region_hash(h, h->size);
 }
 
-int snap_builder_rule(snap_builder_t *b, int64_t id, int64_t account_id, const tg_range_t *r, uint16_t port,
-                      const char *tech_prefix, int active, unsigned direction, const char **err)
+uint64_t snap_base_checksum(const snap_base_sh_t *b)
 {
-	int64_t account = id_map_get(&b->account_ids, account_id);
-	snap_rule_sh_t *rule;
-	const char *dummy;
-
-	if (err == NULL)
-		err = &dummy;
-	if (tech_prefix == NULL)
-		tech_prefix = "";
-	if (account < 0) {
-		*err = "unknown account";
-		return -1;
-	}
-	if ((*err = rule_check(b, id, r, tech_prefix, direction)) != NULL)
-		return -1;
-	if (grow_array((void **)&b->rules, b->nrules, &b->cap_rules, sizeof(*rule)) < 0 ||
-	    id_map_put(&b->rule_ids, id, b->nrules) < 0) {
-		*err = "out of memory";
-		return -1;
-	}
-	rule = &b->rules[b->nrules++];
-	memset(rule, 0, sizeof(*rule));
-	rule->id = id;
-	rule->range.first = r->first;
-	rule->range.last = r->last;
-	rule->range.family = r->family;
-	rule->account = (uint32_t)account;
-	rule->port = port;
-	rule->active = active ? 1 : 0;
-	rule->direction = (uint8_t)direction;
-	rule->prefix_len = (uint8_t)strlen(tech_prefix);
-	strcpy(rule->tech_prefix, tech_prefix);
-	return 0;
+	return snap_region_hash(b, b->size);
 }
 
 /* ------------------------------------------------------------------ */
@@ -271,9 +117,10 @@ int snap_builder_rule(snap_builder_t *b, int64_t id, int64_t account_id, const t
 /* Sorts ascending into "most specific first". */
 typedef struct spec_key {
 	uint32_t major;            /* port-bound, tech prefix length, prefix bits; see spec_major() */
-	uint32_t idx;              /* rule index */
+	uint32_t idx;              /* entry index */
 	uint64_t size_hi, size_lo; /* last - first */
 	int64_t id;
+	uint64_t first_hi, first_lo;
 } spec_key_t;
 
 static uint32_t spec_major(const snap_rule_sh_t *r)
@@ -285,56 +132,47 @@ static uint32_t spec_major(const snap_rule_sh_t *r)
 	return portless << 16 | shorter_prefix << 8 | wider;
 }
 
-static int spec_cmp(const void *pa, const void *pb)
+static void spec_key_of(const snap_rule_sh_t *r, uint32_t idx, spec_key_t *k)
 {
-	const spec_key_t *a = pa, *b = pb;
+	k->major = spec_major(r);
+	k->idx = idx;
+	k->size_lo = r->range.last.lo - r->range.first.lo;
+	k->size_hi = r->range.last.hi - r->range.first.hi - (r->range.last.lo < r->range.first.lo);
+	k->id = r->id;
+	k->first_hi = r->range.first.hi;
+	k->first_lo = r->range.first.lo;
+}
 
-	if (a->major != b->major)
-		return a->major < b->major ? -1 : 1;
-	if (a->size_hi != b->size_hi)
-		return a->size_hi < b->size_hi ? -1 : 1;
-	if (a->size_lo != b->size_lo)
-		return a->size_lo < b->size_lo ? -1 : 1;
-	if (a->id != b->id)
-		return a->id < b->id ? -1 : 1;
+#define CMP_FIELD(a, b, f)                                                                                   \
+	if ((a)->f != (b)->f)                                                                                \
+	return (a)->f < (b)->f ? -1 : 1
+
+/* The order of the spec, idx last so the sort is total. */
+static int spec_cmp(const spec_key_t *a, const spec_key_t *b)
+{
+	CMP_FIELD(a, b, major);
+	CMP_FIELD(a, b, size_hi);
+	CMP_FIELD(a, b, size_lo);
+	CMP_FIELD(a, b, id);
+	CMP_FIELD(a, b, first_hi);
+	CMP_FIELD(a, b, first_lo);
 	return a->idx < b->idx ? -1 : a->idx > b->idx;
 }
 
-/* A rule every lookup that reaches it accepts: nothing after it matters. */
-static int rule_catches_all(const snap_rule_sh_t *r)
+/* Is a more specific than b? Entries of different indexes never tie: their ids differ. */
+static int entry_before(const snap_rule_sh_t *a, const snap_rule_sh_t *b)
 {
-	return r->port == 0 && r->prefix_len == 0 && r->direction == SNAP_DIR_BOTH;
+	spec_key_t ka, kb;
+
+	spec_key_of(a, 0, &ka);
+	spec_key_of(b, 0, &kb);
+	return spec_cmp(&ka, &kb) < 0;
 }
 
-/*
- * Fills order[rank] = rule index for the active rules, most specific
- * first. Returns how many, or -1 when out of memory.
- */
-static int64_t rank_rules(const snap_builder_t *b, uint32_t *order)
+/* An entry every lookup that reaches it accepts: nothing after it matters. */
+static int entry_catches_all(const snap_rule_sh_t *r)
 {
-	spec_key_t *keys = malloc((size_t)(b->nrules ? b->nrules : 1) * sizeof(*keys));
-	uint32_t m = 0;
-
-	if (keys == NULL)
-		return -1;
-	for (uint32_t i = 0; i < b->nrules; i++) {
-		const snap_rule_sh_t *r = &b->rules[i];
-
-		if (!r->active)
-			continue;
-		keys[m].major = spec_major(r);
-		keys[m].idx = i;
-		keys[m].size_lo = r->range.last.lo - r->range.first.lo;
-		keys[m].size_hi =
-		        r->range.last.hi - r->range.first.hi - (r->range.last.lo < r->range.first.lo);
-		keys[m].id = r->id;
-		m++;
-	}
-	qsort(keys, m, sizeof(*keys), spec_cmp);
-	for (uint32_t k = 0; k < m; k++)
-		order[k] = keys[k].idx;
-	free(keys);
-	return m;
+	return r->port == 0 && r->prefix_len == 0 && r->direction == SNAP_DIR_BOTH;
 }
 
 /* ------------------------------------------------------------------ */
@@ -349,19 +187,21 @@ typedef struct cut {
 enum { RANK_CATCH_ALL = 1, RANK_GONE = 2 };
 
 typedef struct sweep {
-	uint32_t m;       /* indexed (active) rules */
-	uint32_t *order;  /* [m] rank -> rule index */
+	const snap_rule_sh_t *entries;
+	uint32_t m;       /* entries */
+	int truncate;     /* stop lists after a catch-all */
+	uint32_t *order;  /* [m] rank -> entry index */
 	uint8_t *flags;   /* [m] RANK_* by rank */
 	cut_t *starts;    /* [m] by (first, rank) */
 	cut_t *ends;      /* [m] by last */
 	uint32_t *active; /* ranks covering the current point, ascending */
 	uint32_t *scratch;
 	uint32_t nactive;
-	uint32_t *cands; /* heap copy, moved into the arena at the end */
+	uint32_t *cands; /* heap copy, moved into the region at the end */
 	size_t ncands, cap_cands;
-	snap_ival_sh_t *ivals; /* written straight into the arena */
+	snap_ival_sh_t *ivals; /* written straight into the region */
 	size_t nivals;
-	size_t room; /* arena bytes from the intervals on */
+	size_t room; /* region bytes from the intervals on */
 } sweep_t;
 
 static int ip_lt(const tg_ip_t *a, const tg_ip_t *b)
@@ -379,14 +219,61 @@ static int ip_is_top(const tg_ip_t *a)
 	return a->hi == UINT64_MAX && a->lo == UINT64_MAX;
 }
 
-static int cut_cmp(const void *pa, const void *pb)
+static int cut_lt(const cut_t *a, const cut_t *b)
 {
-	const cut_t *a = pa, *b = pb;
-
 	if (!ip_eq(&a->at, &b->at))
-		return ip_lt(&a->at, &b->at) ? -1 : 1;
-	return a->rank < b->rank ? -1 : a->rank > b->rank;
+		return ip_lt(&a->at, &b->at);
+	return a->rank < b->rank;
 }
+
+static int spec_lt(const spec_key_t *a, const spec_key_t *b)
+{
+	return spec_cmp(a, b) < 0;
+}
+
+/*
+ * Bottom-up merge sort with the comparison inlined, where qsort() spent
+ * most of a build calling its comparator through a pointer (and sorted
+ * keys above 32 bytes indirectly). tmp holds n elements. Both orders are
+ * total, so stability does not matter.
+ */
+#define SORT_RUN 8
+#define DEFINE_SORT(name, type, lt)                                                                          \
+	static void name(type *a, size_t n, type *tmp)                                                       \
+	{                                                                                                    \
+		type *src = a, *dst = tmp, *t;                                                               \
+                                                                                                             \
+		for (size_t lo = 0; lo < n; lo += SORT_RUN) {                                                \
+			size_t hi = lo + SORT_RUN < n ? lo + SORT_RUN : n;                                   \
+                                                                                                             \
+			for (size_t i = lo + 1; i < hi; i++) {                                               \
+				type x = a[i];                                                               \
+				size_t j = i;                                                                \
+                                                                                                             \
+				for (; j > lo && lt(&x, &a[j - 1]); j--)                                     \
+					a[j] = a[j - 1];                                                     \
+				a[j] = x;                                                                    \
+			}                                                                                    \
+		}                                                                                            \
+		for (size_t w = SORT_RUN; w < n; w *= 2, t = src, src = dst, dst = t) {                      \
+			for (size_t lo = 0; lo < n; lo += 2 * w) {                                           \
+				size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;  \
+				size_t i = lo, j = mid, k = lo;                                              \
+                                                                                                             \
+				while (i < mid && j < hi)                                                    \
+					dst[k++] = lt(&src[j], &src[i]) ? src[j++] : src[i++];               \
+				while (i < mid)                                                              \
+					dst[k++] = src[i++];                                                 \
+				while (j < hi)                                                               \
+					dst[k++] = src[j++];                                                 \
+			}                                                                                    \
+		}                                                                                            \
+		if (src != a)                                                                                \
+			memcpy(a, src, n * sizeof(type));                                                    \
+	}
+
+DEFINE_SORT(sort_keys, spec_key_t, spec_lt)
+DEFINE_SORT(sort_cuts, cut_t, cut_lt)
 
 static void sweep_free(sweep_t *w)
 {
@@ -399,36 +286,59 @@ static void sweep_free(sweep_t *w)
 	free(w->cands);
 }
 
-/* Ranks the rules and sorts their cut points. Returns 0 or -1 (ENOMEM). */
-static int sweep_prepare(sweep_t *w, const snap_builder_t *b)
+/* Fills order[rank] = entry index, most specific first. Returns 0 or -1. */
+static int sweep_rank(sweep_t *w)
 {
-	size_t n = b->nrules ? b->nrules : 1;
-	int64_t m;
+	size_t n = w->m ? w->m : 1;
+	spec_key_t *keys = malloc(n * sizeof(*keys)), *tmp = malloc(n * sizeof(*tmp));
+
+	if (keys == NULL || tmp == NULL) {
+		free(keys);
+		free(tmp);
+		return -1;
+	}
+	for (uint32_t i = 0; i < w->m; i++)
+		spec_key_of(&w->entries[i], i, &keys[i]);
+	sort_keys(keys, w->m, tmp);
+	for (uint32_t k = 0; k < w->m; k++)
+		w->order[k] = keys[k].idx;
+	free(keys);
+	free(tmp);
+	return 0;
+}
+
+/* Ranks the entries and sorts their cut points. Returns 0 or -1 (ENOMEM). */
+static int sweep_prepare(sweep_t *w)
+{
+	size_t n = w->m ? w->m : 1;
 
 	w->order = malloc(n * sizeof(uint32_t));
-	if (w->order == NULL || (m = rank_rules(b, w->order)) < 0)
-		return -1;
-	w->m = (uint32_t)m;
 	w->flags = calloc(n, 1);
 	w->starts = malloc(n * sizeof(cut_t));
 	w->ends = malloc(n * sizeof(cut_t));
 	w->active = malloc(n * sizeof(uint32_t));
 	w->scratch = malloc(n * sizeof(uint32_t));
-	if (!w->flags || !w->starts || !w->ends || !w->active || !w->scratch)
+	if (!w->order || !w->flags || !w->starts || !w->ends || !w->active || !w->scratch ||
+	    sweep_rank(w) < 0)
 		return -1;
 	for (uint32_t k = 0; k < w->m; k++) {
-		const snap_rule_sh_t *r = &b->rules[w->order[k]];
+		const snap_rule_sh_t *r = &w->entries[w->order[k]];
 
-		w->flags[k] = rule_catches_all(r) ? RANK_CATCH_ALL : 0;
+		w->flags[k] = w->truncate && entry_catches_all(r) ? RANK_CATCH_ALL : 0;
 		w->starts[k] = (cut_t){r->range.first, k, 0};
 		w->ends[k] = (cut_t){r->range.last, k, 0};
 	}
-	qsort(w->starts, w->m, sizeof(cut_t), cut_cmp);
-	qsort(w->ends, w->m, sizeof(cut_t), cut_cmp);
+	cut_t *tmp = malloc(n * sizeof(cut_t));
+
+	if (tmp == NULL)
+		return -1;
+	sort_cuts(w->starts, w->m, tmp);
+	sort_cuts(w->ends, w->m, tmp);
+	free(tmp);
 	return 0;
 }
 
-/* Drops the rules whose last address is below p. */
+/* Drops the entries whose last address is below p. */
 static void sweep_remove(sweep_t *w, uint32_t *j, const tg_ip_t *p)
 {
 	uint32_t k = 0, gone = 0;
@@ -443,7 +353,7 @@ static void sweep_remove(sweep_t *w, uint32_t *j, const tg_ip_t *p)
 	w->nactive = k;
 }
 
-/* Merges the rules starting at p (already in rank order) into the active set. */
+/* Merges the entries starting at p (already in rank order) into the active set. */
 static void sweep_add(sweep_t *w, uint32_t *i, const tg_ip_t *p)
 {
 	uint32_t a = 0, k = 0, from = *i;
@@ -514,7 +424,7 @@ static int sweep_emit(sweep_t *w, const tg_ip_t *p)
 			return 0;
 		}
 	}
-	if (ALIGN8((w->nivals + 1) * sizeof(snap_ival_sh_t)) + w->ncands * sizeof(uint32_t) > w->room ||
+	if (SNAP_ALIGN8((w->nivals + 1) * sizeof(snap_ival_sh_t)) + w->ncands * sizeof(uint32_t) > w->room ||
 	    w->ncands > MAX_ENTRIES) {
 		errno = ENOSPC;
 		return -1;
@@ -523,7 +433,7 @@ static int sweep_emit(sweep_t *w, const tg_ip_t *p)
 	return 0;
 }
 
-/* The cut point after p: the next rule start or the next last+1. */
+/* The cut point after p: the next entry start or the next last+1. */
 static int sweep_next(const sweep_t *w, uint32_t i, uint32_t j, tg_ip_t *p)
 {
 	int have = 0;
@@ -532,7 +442,7 @@ static int sweep_next(const sweep_t *w, uint32_t i, uint32_t j, tg_ip_t *p)
 		*p = w->starts[i].at;
 		have = 1;
 	}
-	/* A rule ending at the top of the space leaves no cut point after it. */
+	/* An entry ending at the top of the space leaves no cut point after it. */
 	if (j < w->m && !ip_is_top(&w->ends[j].at)) {
 		tg_ip_t after = w->ends[j].at;
 
@@ -564,126 +474,183 @@ static int sweep_run(sweep_t *w)
 	}
 }
 
-/* ------------------------------------------------------------------ */
-/* writing                                                             */
-
-uint64_t snap_checksum(const snap_sh_t *s)
+/* About eight intervals a bucket: past that a bigger table buys less than it costs in cache. */
+static uint32_t bucket_bits_for(size_t nivals)
 {
-	const unsigned char *p = (const unsigned char *)s;
-	uint64_t h = FNV64_OFFSET;
+	uint32_t bits = 0;
 
-	for (uint64_t i = sizeof(snap_sh_t); i < s->size; i++) {
-		h ^= p[i];
-		h *= FNV64_PRIME;
+	while (bits < SNAP_BUCKET_BITS_MAX && ((size_t)8 << bits) < nivals)
+		bits++;
+	return bits;
+}
+
+static size_t bucket_bytes(uint32_t bits)
+{
+	return SNAP_ALIGN8((((size_t)1 << bits) + 1) * sizeof(uint32_t));
+}
+
+/* The IPv4 address a, as the index holds it. */
+static tg_ip_t ip_of_v4(uint32_t a)
+{
+	return (tg_ip_t){0, 0x0000ffff00000000ULL | a};
+}
+
+/* One walk over the intervals, in step with the buckets' first addresses. */
+static void buckets_fill(const snap_ival_sh_t *iv, uint32_t nivals, uint32_t bits, uint32_t *bk)
+{
+	uint32_t nb = 1u << bits, i = 0;
+
+	for (uint32_t b = 0; b <= nb; b++) {
+		tg_ip_t at = ip_of_v4(b < nb ? (uint32_t)((uint64_t)b << (32 - bits)) : UINT32_MAX);
+
+		while (i + 1 < nivals && !ip_lt(&at, &iv[i + 1].start))
+			i++;
+		bk[b] = i;
 	}
-	return h;
 }
 
-size_t snap_size_bound(uint32_t accounts, uint32_t rules)
+/*
+ * After the intervals: the candidate lists, then the bucket table.
+ * Returns the end offset, or 0 with errno ENOSPC.
+ */
+static size_t index_tail(unsigned char *region, size_t region_size, snap_index_sh_t *ix,
+                         const uint32_t *cands)
 {
-	/*
-	 * Intervals: at most two cut points per rule plus the one at ::.
-	 * Candidates: 4 per rule covers rule sets nested two deep, or deeper
-	 * under catch-all rules. Many rules overlapping at the same addresses
-	 * need more and are refused with ENOSPC rather than grown into.
-	 */
-	return ALIGN8(sizeof(snap_sh_t)) + ALIGN8((size_t)accounts * sizeof(snap_account_sh_t)) +
-	       ALIGN8((size_t)rules * sizeof(snap_rule_sh_t)) +
-	       ALIGN8(((size_t)rules * 2 + 2) * sizeof(snap_ival_sh_t)) +
-	       ALIGN8(((size_t)rules * 4 + 16) * sizeof(uint32_t));
+	size_t ival_bytes = (size_t)ix->nivals * sizeof(snap_ival_sh_t);
+	size_t cand_bytes = (size_t)ix->ncands * sizeof(uint32_t);
+
+	ix->bucket_bits = bucket_bits_for(ix->nivals);
+	ix->off_cands = ix->off_ivals + SNAP_ALIGN8(ival_bytes);
+	ix->off_buckets = ix->off_cands + SNAP_ALIGN8(cand_bytes);
+	if (ix->off_buckets > region_size || bucket_bytes(ix->bucket_bits) > region_size - ix->off_buckets) {
+		errno = ENOSPC;
+		return 0;
+	}
+	/* Padding zeroed: the bytes, and so the checksum, depend on the content only. */
+	memset(region + ix->off_ivals + ival_bytes, 0, ix->off_cands - ix->off_ivals - ival_bytes);
+	if (cand_bytes > 0)
+		memcpy(region + ix->off_cands, cands, cand_bytes);
+	memset(region + ix->off_cands + cand_bytes, 0, ix->off_buckets - ix->off_cands - cand_bytes);
+	memset(region + ix->off_buckets, 0, bucket_bytes(ix->bucket_bits));
+	buckets_fill((const snap_ival_sh_t *)(region + ix->off_ivals), ix->nivals, ix->bucket_bits,
+	             (uint32_t *)(region + ix->off_buckets));
+	return ix->off_buckets + bucket_bytes(ix->bucket_bits);
 }
 
-/* Copies n bytes to base + off and zeroes up to the next 8-byte boundary. */
-static size_t put_aligned(unsigned char *base, size_t off, const void *src, size_t n)
-{
-	if (n > 0)
-		memcpy(base + off, src, n);
-	memset(base + off + n, 0, ALIGN8(n) - n);
-	return off + ALIGN8(n);
-}
-
-/* Builds the index into the arena after off_ivals. Returns 0 or -1 with errno. */
-static int write_index(const snap_builder_t *b, unsigned char *base, size_t arena_size, snap_sh_t *h)
+size_t snap_index_build(unsigned char *region, size_t region_size, snap_index_sh_t *ix, int truncate)
 {
 	sweep_t w = {0};
-	int rc = -1;
+	size_t end = 0;
 
-	w.ivals = (snap_ival_sh_t *)(base + h->off_ivals);
-	w.room = arena_size - h->off_ivals;
-	if (sweep_prepare(&w, b) < 0) {
+	assert(ix->off_entries % 8 == 0 && ix->nentries <= MAX_ENTRIES);
+	ix->off_ivals = ix->off_entries + SNAP_ALIGN8((size_t)ix->nentries * sizeof(snap_rule_sh_t));
+	/* Room for at least the interval at :: */
+	if (ix->off_ivals + sizeof(snap_ival_sh_t) > region_size) {
+		errno = ENOSPC;
+		return 0;
+	}
+	w.entries = (const snap_rule_sh_t *)(region + ix->off_entries);
+	w.m = ix->nentries;
+	w.truncate = truncate;
+	w.ivals = (snap_ival_sh_t *)(region + ix->off_ivals);
+	w.room = region_size - ix->off_ivals;
+	if (sweep_prepare(&w) < 0) {
 		errno = ENOMEM;
 		goto out;
 	}
 	if (sweep_run(&w) < 0)
 		goto out;
-	h->nivals = (uint32_t)w.nivals;
-	h->ncands = (uint32_t)w.ncands;
-	h->off_cands = h->off_ivals + ALIGN8(w.nivals * sizeof(snap_ival_sh_t));
-	memset(base + h->off_ivals + w.nivals * sizeof(snap_ival_sh_t), 0,
-	       h->off_cands - h->off_ivals - w.nivals * sizeof(snap_ival_sh_t));
-	if (ALIGN8(w.ncands * sizeof(uint32_t)) > arena_size - h->off_cands) {
-		errno = ENOSPC;
-		goto out;
-	}
-	h->size = put_aligned(base, h->off_cands, w.cands, w.ncands * sizeof(uint32_t));
-	rc = 0;
+	ix->nivals = (uint32_t)w.nivals;
+	ix->ncands = (uint32_t)w.ncands;
+	ix->truncated = truncate ? 1 : 0;
+	end = index_tail(region, region_size, ix, w.cands);
 out:
 	sweep_free(&w);
-	return rc;
+	return end;
 }
 
-size_t snap_builder_write(snap_builder_t *b, void *arena, size_t arena_size, uint64_t generation,
-                          uint64_t built_ms)
-{
-	unsigned char *base = arena;
-	size_t acc_bytes = (size_t)b->naccounts * sizeof(snap_account_sh_t);
-	size_t rule_bytes = (size_t)b->nrules * sizeof(snap_rule_sh_t);
-	snap_sh_t h;
+/* ------------------------------------------------------------------ */
+/* sizes                                                               */
 
-	memset(&h, 0, sizeof(h));
-	h.off_accounts = ALIGN8(sizeof(snap_sh_t));
-	h.off_rules = h.off_accounts + ALIGN8(acc_bytes);
-	h.off_ivals = h.off_rules + ALIGN8(rule_bytes);
-	/* Room for at least the interval at :: */
-	if (h.off_ivals + sizeof(snap_ival_sh_t) > arena_size) {
-		errno = ENOSPC;
-		return 0;
-	}
-	put_aligned(base, h.off_accounts, b->accounts, acc_bytes);
-	put_aligned(base, h.off_rules, b->rules, rule_bytes);
-	if (write_index(b, base, arena_size, &h) < 0)
-		return 0;
-	h.magic = SNAP_MAGIC;
-	h.generation = generation;
-	h.built_ms = built_ms;
-	h.naccounts = b->naccounts;
-	h.nrules = b->nrules;
-	memcpy(base, &h, sizeof(h));
-	((snap_sh_t *)arena)->checksum = snap_checksum(arena);
-	return h.size;
+/*
+ * An index of n entries: at most two cut points per entry plus the one
+ * at ::; candidates: 4 per entry covers rules nested three deep. Many
+ * rules overlapping at the same addresses need more and are refused with
+ * ENOSPC rather than grown into.
+ */
+static size_t index_size_bound(size_t n)
+{
+	return SNAP_ALIGN8(n * sizeof(snap_rule_sh_t)) + SNAP_ALIGN8((n * 2 + 2) * sizeof(snap_ival_sh_t)) +
+	       SNAP_ALIGN8((n * 4 + 16) * sizeof(uint32_t)) + bucket_bytes(bucket_bits_for(n * 2 + 2));
+}
+
+/* An eighth more entries than rules, for hostnames that resolve to several addresses. */
+size_t snap_base_size_bound(uint32_t rules)
+{
+	return SNAP_ALIGN8(sizeof(snap_base_sh_t)) + index_size_bound((size_t)rules + rules / 8 + 256);
+}
+
+uint32_t snap_overlay_cap(uint32_t rules)
+{
+	return rules / 64 > SNAP_OVERLAY_MIN ? rules / 64 : SNAP_OVERLAY_MIN;
+}
+
+uint32_t snap_account_slots(uint32_t accounts)
+{
+	return accounts > UINT32_MAX / 2 ? UINT32_MAX : accounts * 2;
+}
+
+size_t snap_head_size_bound(uint32_t accounts, uint32_t rules)
+{
+	size_t ov = snap_overlay_cap(rules);
+
+	return SNAP_ALIGN8(sizeof(snap_head_sh_t)) +
+	       SNAP_ALIGN8((size_t)snap_account_slots(accounts) * sizeof(snap_account_sh_t)) +
+	       SNAP_ALIGN8(ov * sizeof(int64_t)) + index_size_bound(ov);
 }
 
 /* ------------------------------------------------------------------ */
 /* lookup                                                              */
 
-const snap_account_sh_t *snap_accounts(const snap_sh_t *s)
+typedef struct query {
+	const tg_ip_t *ip;
+	uint16_t port;
+	const char *user;
+	size_t user_len;
+	unsigned dir;
+} query_t;
+
+const snap_account_sh_t *snap_accounts(const snap_head_sh_t *h)
 {
-	return (const snap_account_sh_t *)((const unsigned char *)s + s->off_accounts);
+	return (const snap_account_sh_t *)((const unsigned char *)h + h->off_accounts);
 }
 
-const snap_rule_sh_t *snap_rules(const snap_sh_t *s)
+const int64_t *snap_tombstones(const snap_head_sh_t *h)
 {
-	return (const snap_rule_sh_t *)((const unsigned char *)s + s->off_rules);
+	return (const int64_t *)((const unsigned char *)h + h->off_tombs);
+}
+
+const snap_rule_sh_t *snap_index_entries(const void *region, const snap_index_sh_t *ix)
+{
+	return (const snap_rule_sh_t *)((const unsigned char *)region + ix->off_entries);
 }
 
 /* The interval holding ip: the one with the largest start <= ip. */
-static const snap_ival_sh_t *find_interval(const snap_sh_t *s, const tg_ip_t *ip)
+static const snap_ival_sh_t *find_interval(const void *region, const snap_index_sh_t *ix, const tg_ip_t *ip)
 {
-	const snap_ival_sh_t *iv = (const snap_ival_sh_t *)((const unsigned char *)s + s->off_ivals);
-	size_t lo = 0, n = s->nivals;
+	const snap_ival_sh_t *iv = (const snap_ival_sh_t *)((const unsigned char *)region + ix->off_ivals);
+	size_t lo = 0, n = ix->nivals;
 
 	if (n == 0 || ip_lt(ip, &iv[0].start))
 		return NULL;
+	if (ip->hi == 0 && ip->lo >> 32 == 0xffff) {
+		const uint32_t *bk = (const uint32_t *)((const unsigned char *)region + ix->off_buckets);
+		uint64_t b = (ip->lo & UINT32_MAX) >> (32 - ix->bucket_bits);
+
+		lo = bk[b];
+		n = bk[b + 1] - lo + 1;
+		assert(bk[b + 1] >= lo && bk[b + 1] < ix->nivals);
+	}
 	/*
 	 * Invariant: iv[lo].start <= ip, and the answer lies in [lo, lo + n).
 	 * Kept branchy on purpose: a predicted branch lets the CPU start the
@@ -700,105 +667,169 @@ static const snap_ival_sh_t *find_interval(const snap_sh_t *s, const tg_ip_t *ip
 	return &iv[lo];
 }
 
-static int rule_fits(const snap_rule_sh_t *r, uint16_t port, const char *user, size_t user_len)
+/* Binary search of the head's sorted tombstones. */
+static int tombstoned(const int64_t *tombs, uint32_t n, int64_t id)
 {
-	if (r->port != 0 && r->port != port)
-		return 0;
-	if (user == NULL || r->prefix_len == 0)
-		return 1;
-	return user_len >= r->prefix_len && memcmp(user, r->tech_prefix, r->prefix_len) == 0;
+	uint32_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (tombs[mid] < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && tombs[lo] == id;
 }
 
-int snap_lookup(const snap_sh_t *s, const tg_ip_t *ip, uint16_t port, const char *user, size_t user_len,
+static int rule_fits(const snap_rule_sh_t *r, const query_t *q)
+{
+	if (r->port != 0 && r->port != q->port)
+		return 0;
+	if (q->user == NULL || r->prefix_len == 0)
+		return 1;
+	return q->user_len >= r->prefix_len && memcmp(q->user, r->tech_prefix, r->prefix_len) == 0;
+}
+
+/*
+ * The first fitting entry of ip's list, skipping tombstoned ones and those
+ * whose direction excludes the query's; *usable set when any entry was
+ * neither.
+ */
+static const snap_rule_sh_t *index_best(const void *region, const snap_index_sh_t *ix, const int64_t *tombs,
+                                        uint32_t ntombs, const query_t *q, int *usable)
+{
+	const snap_ival_sh_t *iv = find_interval(region, ix, q->ip);
+	const uint32_t *cands = (const uint32_t *)((const unsigned char *)region + ix->off_cands);
+	const snap_rule_sh_t *entries = snap_index_entries(region, ix);
+
+	for (uint32_t i = 0; iv != NULL && i < iv->cand_n; i++) {
+		const snap_rule_sh_t *r = &entries[cands[iv->cand_off + i]];
+
+		if ((r->direction & q->dir) == 0)
+			continue;
+		if (ntombs > 0 && tombstoned(tombs, ntombs, r->id))
+			continue;
+		*usable = 1;
+		if (rule_fits(r, q))
+			return r;
+	}
+	return NULL;
+}
+
+int snap_lookup(const snap_view_t *v, const tg_ip_t *ip, uint16_t port, const char *user, size_t user_len,
                 unsigned dir, snap_match_t *m)
 {
-	const snap_ival_sh_t *iv = find_interval(s, ip);
-	const uint32_t *cands = (const uint32_t *)((const unsigned char *)s + s->off_cands);
-	const snap_rule_sh_t *rules = snap_rules(s);
+	const snap_head_sh_t *h = v->head;
+	const query_t q = {ip, port, user, user_len, dir};
+	const snap_rule_sh_t *over = NULL, *base, *best;
 	int usable = 0;
 
+	assert(h != NULL && v->base != NULL && h->base_generation == v->base->generation);
 	if (m) {
 		m->rule = NULL;
 		m->account = NULL;
 	}
-	for (uint32_t i = 0; iv != NULL && i < iv->cand_n; i++) {
-		const snap_rule_sh_t *r = &rules[cands[iv->cand_off + i]];
+	if (h->overlay.nentries > 0)
+		over = index_best(h, &h->overlay, NULL, 0, &q, &usable);
+	base = index_best(v->base, &v->base->index, snap_tombstones(h), h->ntombs, &q, &usable);
+	best = over == NULL ? base : base == NULL ? over : entry_before(base, over) ? base : over;
+	if (best == NULL)
+		return usable ? SNAP_NO_FIT : SNAP_NO_ADDRESS;
 
-		if (!r->active || (r->direction & dir) == 0)
-			continue;
-		usable = 1;
-		if (!rule_fits(r, port, user, user_len))
-			continue;
+	const snap_account_sh_t *a = &snap_accounts(h)[best->account];
 
-		const snap_account_sh_t *a = &snap_accounts(s)[r->account];
-
-		if (m) {
-			m->rule = r;
-			m->account = a;
-		}
-		return a->active ? SNAP_MATCH : SNAP_ACCOUNT_INACTIVE;
+	/* A rule names a live account: the model drops an account's rules with it. */
+	assert(best->account < h->naccounts && a->state == SNAP_ACCOUNT_LIVE);
+	if (m) {
+		m->rule = best;
+		m->account = a;
 	}
-	return usable ? SNAP_NO_FIT : SNAP_NO_ADDRESS;
+	return a->active ? SNAP_MATCH : SNAP_ACCOUNT_INACTIVE;
 }
 
 /* ------------------------------------------------------------------ */
-/* publication: see the protocol in snapshot.h                         */
+/* readers: see the protocol in snapshot.h                             */
 
-const snap_sh_t *snap_acquire(shm_t *shm, shm_proc_sh_t *slot)
+int snap_acquire(shm_t *shm, shm_proc_sh_t *slot, snap_view_t *v)
 {
 	for (;;) {
 		uint64_t g = atomic_load(&shm->snapctl->generation);
 
-		if (g == 0)
-			return NULL;
-		atomic_store(&slot->epoch, g);
-		/* Unchanged: the writer's scan for g-1 reuse will see our epoch. */
-		if (atomic_load(&shm->snapctl->generation) == g) {
-			const snap_sh_t *s = shm->arena[g & 1];
-
-			assert(s->magic == SNAP_MAGIC);
-			assert(s->generation == g);
-			return s;
+		if (g == 0) {
+			v->head = NULL;
+			v->base = NULL;
+			return 0;
 		}
+		atomic_store(&slot->epoch, g);
+		/* Unchanged: the writer's scans for reuse will see our epoch. */
+		if (atomic_load(&shm->snapctl->generation) != g)
+			continue;
+
+		const snap_head_sh_t *h = shm->head_arena[g & 1];
+
+		assert(h->magic == SNAP_HEAD_MAGIC && h->generation == g && h->base_arena < 2);
+		v->head = h;
+		v->base = shm->base_arena[h->base_arena];
+		assert(v->base->magic == SNAP_BASE_MAGIC && v->base->generation == h->base_generation);
+		return 1;
 	}
 }
 
-void snap_release(shm_proc_sh_t *slot)
+void snap_release(shm_proc_sh_t *slot, snap_view_t *v)
 {
 	atomic_store(&slot->epoch, 0);
+	if (v != NULL) {
+		v->head = NULL;
+		v->base = NULL;
+	}
 }
 
-/* Does any reader slot still announce generation g? */
-static int generation_held(shm_t *shm, uint64_t g)
+/* ------------------------------------------------------------------ */
+/* the writer's side of the protocol                                   */
+
+/* Does any epoch slot, the loader's included, hold a generation in [lo, hi]? */
+static int generation_held(shm_t *shm, uint64_t lo, uint64_t hi)
 {
-	if (atomic_load(&shm->procs[SHM_PROC_LOADER].epoch) == g)
-		return 1;
-	for (uint32_t i = 0; i < shm->hdr->nworkers; i++)
-		if (atomic_load(&shm->procs[SHM_PROC_WORKER(i)].epoch) == g)
+	for (uint32_t i = 0; i < shm->hdr->nprocs; i++) {
+		uint64_t e = atomic_load(&shm->procs[i].epoch);
+
+		if (e >= lo && e <= hi)
 			return 1;
+	}
 	return 0;
 }
 
-void *snap_arena_for_next(shm_t *shm, uint64_t *next_gen)
+int snap_head_arena_free(shm_t *shm)
 {
 	uint64_t cur = atomic_load(&shm->snapctl->generation);
 
+	/* Generation 0 is "none", which every idle slot reads as: publishing 1 and 2 never waits. */
+	return cur < 2 || !generation_held(shm, cur - 1, cur - 1);
+}
+
+int snap_base_arena_free(shm_t *shm, unsigned b)
+{
 	/*
-	 * The next arena last held cur - 1. Generation 0 is "none", which
-	 * every idle slot reads as, so publishing 1 and 2 never waits.
+	 * last may exceed the current generation: a loader that died between
+	 * storing it and publishing. Nothing reads b then, and the scan only
+	 * errs on the side of waiting until readers move past it.
 	 */
-	if (cur >= 2 && generation_held(shm, cur - 1))
-		return NULL;
-	*next_gen = cur + 1;
-	return shm->arena[(cur + 1) & 1];
+	uint64_t last = atomic_load(&shm->snapctl->base_last_head[b]);
+
+	return last == 0 || !generation_held(shm, 1, last);
 }
 
 void snap_publish(shm_t *shm, uint64_t gen)
 {
-	const snap_sh_t *s = shm->arena[gen & 1];
+	const snap_head_sh_t *h = shm->head_arena[gen & 1];
+	const snap_base_sh_t *b = shm->base_arena[h->base_arena & 1];
 
 	assert(gen == atomic_load(&shm->snapctl->generation) + 1);
-	assert(s->magic == SNAP_MAGIC && s->generation == gen);
-	(void)s;
+	assert(h->magic == SNAP_HEAD_MAGIC && h->generation == gen && h->base_arena < 2);
+	assert(b->magic == SNAP_BASE_MAGIC && b->generation == h->base_generation);
+	(void)b;
+	atomic_store(&shm->snapctl->base_last_head[h->base_arena], gen);
 	atomic_store(&shm->snapctl->generation, gen);
 }

@@ -1,32 +1,66 @@
 /*
- * The provisioning snapshot: accounts and IP rules, laid out in one arena
- * of shared memory with offsets only, immutable once published.
+ * The provisioning snapshot: accounts and IP rules in shared memory, in
+ * two levels, offsets only, immutable once published.
  *
- * Publication (writer: the loader, alone):
- *   generation g lives in arena g & 1. To publish g+1 the loader builds it
- *   in arena (g+1) & 1, which last held g-1; it may do so only when no
- *   worker's epoch slot holds g-1 (snap_arena_for_next() checks and
- *   returns NULL otherwise: try again shortly, never wait). Then one
- *   atomic store of snapctl.generation = g+1 publishes it.
+ *   BASE  one of two base arenas: every indexed rule entry as of the last
+ *         compaction, and their interval index. Big (about 150 bytes a
+ *         rule), written only by a compaction, which costs about a second
+ *         at a million rules.
+ *   HEAD  one of two head arenas: its generation, which base it reads,
+ *         every account by slot, an OVERLAY index of the rules added or
+ *         changed since that base, and the sorted ids of the TOMBSTONED
+ *         rules (deleted or changed since the base) whose base entries a
+ *         lookup must ignore. Small; every publish writes a new one, so a
+ *         one-rule change costs a head, not a base.
+ *
+ * A rule entry is one (rule, address range) pair: a rule whose hostname
+ * resolved to several addresses has several entries, all with its id.
+ * Entries name their account by slot (the loader's snap_model_t assigns
+ * slots, stable while the account lives), and accounts live in the head
+ * only, so deactivating or renaming an account is a head-only publish.
+ *
+ * Publication. The writer is the loader alone (snap_model_publish()).
+ *   Head generation g lives in head arena g & 1. Publishing g+1 writes
+ *   head arena (g+1) & 1, which last held g-1: allowed only when no epoch
+ *   slot holds g-1.
+ *   A compaction writes the base arena b that the current head does not
+ *   read. snapctl.base_last_head[b] is the last head generation that read
+ *   b; every later head reads the other base, so b may be rewritten only
+ *   when no epoch slot (the loader's included) holds a generation e with
+ *   0 < e <= base_last_head[b]. (With two head arenas the head rule
+ *   already implies this for every reader past its re-check, as those
+ *   hold the current generation or the one before; the base check keeps
+ *   bases safe on its own, should the head scheme ever change.)
+ *   Stores, in order: the arena contents; base_last_head[base of g+1] =
+ *   g+1; generation = g+1, which publishes. base_last_head is stored first
+ *   so a loader that dies between the two leaves it too high (a needless
+ *   wait later), never too low (a base rewritten under a reader).
+ *   A busy arena is never waited on: the publish returns "busy" and the
+ *   loader retries from a timer.
  *
  * Readers (workers):
- *   snap_acquire(): g = load(generation); store(slot.epoch, g);
- *   if load(generation) != g, retry. The re-check closes the window where
- *   a reader announces a generation the writer has already moved past:
- *   every load/store is seq_cst, so either the writer's scan after its
- *   publish sees our epoch, or our re-check sees its publish.
- *   snap_release(): store(slot.epoch, 0). Hold a snapshot for one batch of
- *   packets, never across a wait.
- *   The master stores 0 in a dead worker's slot, so a crash mid-read pins
- *   nothing.
+ *   snap_acquire(): g = load(generation); store(slot.epoch, g); if
+ *   load(generation) != g, retry. The re-check closes the window where a
+ *   reader announces a generation the writer has already moved past:
+ *   every load and store is seq_cst, so either the writer's scan (which
+ *   follows its own store of a newer generation) sees our epoch, or our
+ *   re-check sees that store. The view is then {head g, the base head g
+ *   names}: head g's arena is not rewritten before g+2 is published, which
+ *   needs g out of every slot, and head g's base is not rewritten while
+ *   any slot holds a generation up to the last head that read it.
+ *   snap_release(): store(slot.epoch, 0). Hold a view for one batch of
+ *   packets, never across a wait. The master stores 0 in a dead process's
+ *   slot, so a crash mid-read pins nothing for longer than the crash.
  *
- * Lookup index: the rules' ranges cut the 128-bit address space into
- * elementary intervals; each interval lists the rules covering it, most
- * specific first (port-bound before portless, longer tech prefix before
- * shorter, narrower range before wider, then lower id). A lookup is one
- * binary search plus a short walk of that list, so its cost grows with
- * log(rules) and with how many rules overlap at one address, not with the
- * number of rules.
+ * Lookup index (base and overlay alike): the entries' ranges cut the
+ * 128-bit address space into elementary intervals; each interval lists
+ * the entries covering it, most specific first: port-bound before
+ * portless, longer tech prefix before shorter, narrower range before
+ * wider, then lower rule id (then lower first address, so two entries of
+ * one rule never tie). A lookup takes the best fitting entry of the
+ * overlay and the best fitting entry of the base that is not tombstoned,
+ * and returns the more specific of the two by that same order: exactly
+ * what one index over all current rules would answer.
  */
 #ifndef TG_SNAPSHOT_H
 #define TG_SNAPSHOT_H
@@ -37,9 +71,13 @@
 #include "lib/addr.h"
 #include "shm/shm.h"
 
-#define SNAP_MAGIC      0x74675f736e617031ULL /* "tg_snap1" */
-#define SNAP_NAME_MAX   64
-#define SNAP_PREFIX_MAX 32
+#define SNAP_HEAD_MAGIC      0x74675f6865616431ULL /* "tg_head1" */
+#define SNAP_BASE_MAGIC      0x74675f6261736531ULL /* "tg_base1" */
+#define SNAP_NAME_MAX        64
+#define SNAP_PREFIX_MAX      32
+#define SNAP_MAX_RANGES      16   /* addresses one rule may carry (a hostname's) */
+#define SNAP_OVERLAY_MIN     4096 /* overlay entries and tombstones a head holds at least */
+#define SNAP_BUCKET_BITS_MAX 16   /* an index's IPv4 bucket table: at most 65537 entries */
 
 enum snap_dir {
 	SNAP_DIR_INGRESS = 1, /* customer to us */
@@ -47,31 +85,71 @@ enum snap_dir {
 	SNAP_DIR_BOTH = 3,
 };
 
-typedef struct snap_sh {
-	uint64_t magic;      /* SNAP_MAGIC */
-	uint64_t generation; /* as published */
-	uint64_t built_ms;   /* wall clock */
+/*
+ * An interval index; offsets count from the start of the base or head
+ * holding it. Buckets: for an IPv4 address a (as ::ffff:a), bucket
+ * b = a >> (32 - bucket_bits); buckets[b] is the interval holding the
+ * bucket's first address, buckets[1 << bucket_bits] the one holding
+ * 255.255.255.255, so a's interval lies in [buckets[b], buckets[b + 1]].
+ */
+typedef struct snap_index_sh {
+	uint32_t nentries, nivals, ncands;
+	uint32_t truncated;   /* 1: lists stop after a catch-all entry (overlay only, see snapshot.c) */
+	uint32_t bucket_bits; /* 0..SNAP_BUCKET_BITS_MAX */
+	uint32_t pad;
+	uint64_t off_entries, off_ivals, off_cands, off_buckets;
+} snap_index_sh_t;
+
+typedef struct snap_base_sh {
+	uint64_t magic;      /* SNAP_BASE_MAGIC */
+	uint64_t checksum;   /* snap_region_hash() of bytes [16, size), computed once when built */
 	uint64_t size;       /* bytes used, header included */
-	uint32_t naccounts, nrules, nivals, ncands;
-	uint64_t off_accounts, off_rules, off_ivals, off_cands; /* from the snapshot's start */
-	uint64_t checksum; /* FNV-1a 64 of bytes [sizeof(snap_sh_t), size) */
-} snap_sh_t;
+	uint64_t generation; /* the head generation that first published it */
+	uint64_t built_ms;   /* wall clock */
+	uint32_t nrules;     /* distinct rules with entries */
+	uint32_t pad;
+	snap_index_sh_t index;
+} snap_base_sh_t;
+
+typedef struct snap_head_sh {
+	uint64_t magic;           /* SNAP_HEAD_MAGIC */
+	uint64_t checksum;        /* snap_region_hash() of bytes [16, size) */
+	uint64_t size;            /* bytes used, header included */
+	uint64_t generation;      /* as published */
+	uint64_t base_generation; /* the base it reads; equals that base's generation */
+	uint64_t built_ms;        /* wall clock */
+	uint32_t base_arena;      /* 0 or 1 */
+	uint32_t naccounts;       /* account slots written, deleted and free ones included */
+	uint32_t live_accounts;   /* of which live */
+	uint32_t nrules;          /* rules in the loader's model, entries or not */
+	uint32_t ntombs;          /* tombstoned rule ids */
+	uint32_t overlay_rules;   /* distinct rules in the overlay */
+	uint64_t off_accounts, off_tombs;
+	snap_index_sh_t overlay;
+} snap_head_sh_t;
+
+enum snap_account_state {
+	SNAP_ACCOUNT_FREE,    /* never used, or reclaimed by a compaction */
+	SNAP_ACCOUNT_LIVE,    /* rules may name it */
+	SNAP_ACCOUNT_DELETED, /* gone; only tombstoned base entries still name it */
+};
 
 typedef struct snap_account_sh {
-	int64_t id;            /* tollgate.accounts.id */
-	uint32_t active;       /* 0/1 */
-	uint32_t max_channels; /* 0 = unlimited */
-	uint32_t max_cps;      /* 0 = unlimited */
-	uint32_t pad;
+	int64_t id;               /* tollgate.accounts.id */
+	uint32_t active;          /* 0/1 */
+	uint32_t max_channels;    /* 0 = unlimited */
+	uint32_t max_cps;         /* 0 = unlimited */
+	uint32_t state;           /* enum snap_account_state */
 	char name[SNAP_NAME_MAX]; /* NUL-terminated */
 } snap_account_sh_t;
 
+/* A rule entry: one rule with one of its ranges. */
 typedef struct snap_rule_sh {
 	int64_t id; /* tollgate.ip_rules.id */
 	tg_range_t range;
-	uint32_t account;                  /* index into the accounts array */
+	uint32_t account;                  /* account slot in the head */
 	uint16_t port;                     /* 0 = any source port */
-	uint8_t active;                    /* 0/1 */
+	uint8_t active;                    /* 0/1; only active rules have entries */
 	uint8_t direction;                 /* enum snap_dir */
 	uint8_t prefix_len;                /* strlen(tech_prefix) */
 	char tech_prefix[SNAP_PREFIX_MAX]; /* NUL-terminated, "" = none */
@@ -80,8 +158,14 @@ typedef struct snap_rule_sh {
 typedef struct snap_ival_sh {
 	tg_ip_t start;     /* covers [start, next interval's start - 1] */
 	uint32_t cand_off; /* first entry in the candidates array */
-	uint32_t cand_n;   /* 0: no rule covers this interval */
+	uint32_t cand_n;   /* 0: no entry covers this interval */
 } snap_ival_sh_t;
+
+/* What a reader holds: both NULL when nothing is published. */
+typedef struct snap_view {
+	const snap_head_sh_t *head;
+	const snap_base_sh_t *base;
+} snap_view_t;
 
 enum snap_result {
 	SNAP_MATCH,            /* m->rule and m->account set */
@@ -91,7 +175,7 @@ enum snap_result {
 };
 
 typedef struct snap_match {
-	const snap_rule_sh_t *rule;
+	const snap_rule_sh_t *rule; /* in the base or the head of the view */
 	const snap_account_sh_t *account;
 } snap_match_t;
 
@@ -99,42 +183,126 @@ typedef struct snap_match {
  * Find the rule for a source. user/user_len: the Request-URI user part, for
  * tech prefixes; user == NULL ignores tech prefixes (in-dialog requests).
  * dir: SNAP_DIR_INGRESS or SNAP_DIR_EGRESS. Inactive rules and rules whose
- * direction excludes dir are skipped as if absent.
+ * direction excludes dir are skipped as if absent. v must hold a head.
  */
-int snap_lookup(const snap_sh_t *s, const tg_ip_t *ip, uint16_t port, const char *user, size_t user_len,
+int snap_lookup(const snap_view_t *v, const tg_ip_t *ip, uint16_t port, const char *user, size_t user_len,
                 unsigned dir, snap_match_t *m);
-const snap_account_sh_t *snap_accounts(const snap_sh_t *s);
-const snap_rule_sh_t *snap_rules(const snap_sh_t *s);
-uint64_t snap_checksum(const snap_sh_t *s);
+const snap_account_sh_t *snap_accounts(const snap_head_sh_t *h); /* [h->naccounts], by slot */
+const int64_t *snap_tombstones(const snap_head_sh_t *h);         /* [h->ntombs], ascending */
+const snap_rule_sh_t *snap_index_entries(const void *region, const snap_index_sh_t *ix);
+/* Recompute a region's checksum; compare with its checksum field. */
+uint64_t snap_head_checksum(const snap_head_sh_t *h);
+uint64_t snap_base_checksum(const snap_base_sh_t *b);
 
-/* Readers. */
-const snap_sh_t *snap_acquire(shm_t *shm, shm_proc_sh_t *slot); /* NULL: nothing published yet */
-void snap_release(shm_proc_sh_t *slot);
+/* Readers: 1 and *v set, or 0 and v empty when nothing is published yet. */
+int snap_acquire(shm_t *shm, shm_proc_sh_t *slot, snap_view_t *v);
+void snap_release(shm_proc_sh_t *slot, snap_view_t *v);
 
-/* Writer. */
-void *snap_arena_for_next(shm_t *shm, uint64_t *next_gen); /* NULL: a reader still holds it */
-void snap_publish(shm_t *shm, uint64_t gen);
+/* Sizing, for shm.c: bytes one arena needs for this capacity. */
+size_t snap_base_size_bound(uint32_t rules);
+size_t snap_head_size_bound(uint32_t accounts, uint32_t rules);
+/* Overlay entries (and tombstones) a head holds: max(SNAP_OVERLAY_MIN, rules / 64). */
+uint32_t snap_overlay_cap(uint32_t rules);
+/* Account slots a head holds: twice the accounts, so deletes can wait for a compaction. */
+uint32_t snap_account_slots(uint32_t accounts);
 
-/* Building, in the loader's heap, then written into an arena in one pass. */
-typedef struct snap_builder snap_builder_t;
-
-snap_builder_t *snap_builder_new(void);
-void snap_builder_free(snap_builder_t *b);
-uint32_t snap_builder_naccounts(const snap_builder_t *b);
-uint32_t snap_builder_nrules(const snap_builder_t *b);
-/* Returns 0, or -1 with *err (duplicate id, name too long). */
-int snap_builder_account(snap_builder_t *b, int64_t id, const char *name, int active, uint32_t max_channels,
-                         uint32_t max_cps, const char **err);
-/* Returns 0, or -1 with *err (unknown account, prefix too long, bad direction). */
-int snap_builder_rule(snap_builder_t *b, int64_t id, int64_t account_id, const tg_range_t *r, uint16_t port,
-                      const char *tech_prefix, int active, unsigned direction, const char **err);
 /*
- * Sort, index and write into arena. Returns the bytes used, or 0 when the
- * snapshot does not fit in arena_size (errno = ENOSPC).
+ * The loader's model: every account and rule, in its own heap, changed
+ * row by row, and published as a delta (a new head) or a compaction (a
+ * new base and head) as snap_model_publish() decides. Not thread-safe;
+ * one model publishes at a time (another model's publish makes the next
+ * one compact, as its base is no longer the current one).
  */
-size_t snap_builder_write(snap_builder_t *b, void *arena, size_t arena_size, uint64_t generation,
-                          uint64_t built_ms);
-/* Upper bound of bytes a snapshot of this many accounts and rules needs. */
-size_t snap_size_bound(uint32_t accounts, uint32_t rules);
+typedef struct snap_model snap_model_t;
+
+typedef struct snap_account_info {
+	int64_t id;
+	const char *name;
+	int active;
+	uint32_t max_channels, max_cps;
+	uint32_t slot;
+} snap_account_info_t;
+
+typedef struct snap_rule_info {
+	int64_t id, account_id;
+	const tg_range_t *ranges;
+	unsigned nranges; /* 0: a hostname not resolved yet, matches nothing */
+	uint16_t port;
+	const char *tech_prefix;
+	int active;
+	unsigned direction;
+} snap_rule_info_t;
+
+enum snap_publish_kind {
+	SNAP_PUBLISH_DELTA,      /* a new head over the current base */
+	SNAP_PUBLISH_COMPACTION, /* a new base, and a head with an empty overlay */
+};
+
+typedef struct snap_publish_stats {
+	int kind;                 /* enum snap_publish_kind */
+	const char *reason;       /* why a compaction ("overlay full", ...); NULL for a delta */
+	uint64_t generation;      /* the head published */
+	uint64_t base_generation; /* the base it reads */
+	size_t head_bytes;        /* the head written */
+	size_t base_bytes;        /* the base it reads, written now or earlier */
+	uint64_t build_us;        /* building the head, and the base for a compaction */
+	uint32_t accounts, rules; /* live, in the model */
+	uint32_t overlay_rules, overlay_entries, tombstones;
+} snap_publish_stats_t;
+
+/* cap_*: the capacity shm was sized for (tg_config_t cap_accounts, cap_ip_rules). NULL: out of memory. */
+snap_model_t *snap_model_new(uint32_t cap_accounts, uint32_t cap_rules);
+void snap_model_free(snap_model_t *m);
+uint32_t snap_model_naccounts(const snap_model_t *m);
+uint32_t snap_model_nrules(const snap_model_t *m);
+
+/*
+ * Insert or update. Returns 0, or -1 with a static reason in *err (err
+ * may be NULL): name too long, no free account slot, out of memory.
+ */
+int snap_model_account_put(snap_model_t *m, int64_t id, const char *name, int active, uint32_t max_channels,
+                           uint32_t max_cps, const char **err);
+/* Delete an account and its rules. Returns 0, or -1 with errno ENOENT. */
+int snap_model_account_del(snap_model_t *m, int64_t id);
+/*
+ * Insert or replace. nranges 0..SNAP_MAX_RANGES. Returns 0, or -1 with a
+ * static reason in *err: unknown account, bad range family, range end
+ * before start, too many ranges, no ranges given, tech prefix too long, bad
+ * direction, out of memory. A put identical to the rule held changes
+ * nothing (a full load over an unchanged table dirties nothing).
+ */
+int snap_model_rule_put(snap_model_t *m, int64_t id, int64_t account_id, const tg_range_t *ranges,
+                        unsigned nranges, uint16_t port, const char *tech_prefix, int active,
+                        unsigned direction, const char **err);
+/* Returns 0, or -1 with errno ENOENT. */
+int snap_model_rule_del(snap_model_t *m, int64_t id);
+
+/*
+ * A full load: mark_begin, put every row, sweep. The sweep deletes the
+ * accounts and rules not put since mark_begin (returns how many rows) and
+ * makes the next publish a compaction.
+ */
+void snap_model_mark_begin(snap_model_t *m);
+uint32_t snap_model_sweep(snap_model_t *m);
+
+/* fn for every live account (by slot) or rule; a nonzero return stops the walk and is returned. */
+typedef int (*snap_account_fn)(void *arg, const snap_account_info_t *a);
+typedef int (*snap_rule_fn)(void *arg, const snap_rule_info_t *r);
+int snap_model_foreach_account(const snap_model_t *m, snap_account_fn fn, void *arg);
+int snap_model_foreach_rule(const snap_model_t *m, snap_rule_fn fn, void *arg);
+
+/*
+ * Publish the model. A compaction when the model has no current base, a
+ * sweep happened, the overlay or the tombstones would exceed
+ * snap_overlay_cap(), the overlay does not fit the head arena, or too
+ * many account slots wait to be reclaimed; a delta otherwise. Returns 0
+ * (published, *st filled; st may be NULL), 1 (busy: a reader still holds
+ * an arena needed; nothing written; retry later), or -1 with errno
+ * (ENOSPC: more accounts or rules than the capacity, or the base does not
+ * fit its arena; ENOMEM). The model is unchanged unless it returns 0.
+ */
+int snap_model_publish(snap_model_t *m, shm_t *shm, uint64_t built_ms, snap_publish_stats_t *st);
+/* The same, always a compaction: for a full load. */
+int snap_model_publish_base(snap_model_t *m, shm_t *shm, uint64_t built_ms, snap_publish_stats_t *st);
 
 #endif

@@ -1,25 +1,55 @@
 /*
  * The loader: the only process that talks to PostgreSQL and the only writer
- * of the provisioning snapshot. It reads tollgate.accounts and
- * tollgate.ip_rules in one consistent read-only transaction, builds the next
- * snapshot in its own heap, and publishes it into the idle arena once no
- * worker still reads that arena. It owns shm->loader (status for metrics)
- * and the resync_done field of its own slot. It never touches SIP, the
- * workers' slots or counters, nor the configuration in shm (it only reads
- * its copy on SIGHUP).
+ * of the provisioning snapshot. It keeps every account and IP rule in a
+ * model in its own heap (shm/snapmodel.c), changes the model row by row as
+ * the database changes, and publishes it into shared memory: a small head
+ * over the current base for a few changes, a new base after a full load.
+ * It owns shm->loader (status for metrics), the resync_done field of its
+ * own slot, the snapshot file and the DNS lookups of host-name rules. It
+ * never touches SIP, the workers' slots or counters, nor the configuration
+ * in shm (it only reads its copy on SIGHUP).
  *
  * libpq runs asynchronously inside the libevent loop, so a slow or dead
  * database never keeps the loader from answering signals; workers serve the
  * last published snapshot whatever happens here. The connection is a small
  * state machine:
  *
- *   DISCONNECTED --timer--> CONNECTING --> CHECKING --> LOADING --> IDLE
- *        ^                      |             |            |          |
- *        +---- failure, lost ---+-------------+------------+----------+
+ *   DISCONNECTED --timer--> CONNECTING --> CHECKING --> SYNCING (full) --> IDLE
+ *        ^                      |             |               |          |  ^
+ *        |                      |             |               |          v  |
+ *        +---- failure, lost ---+-------------+---------------+--- SYNCING (delta)
  *
  * CHECKING reads the schema version; an unknown one parks the connection
- * in IDLE and re-checks slowly. IDLE keeps the socket watched, so a lost
- * connection is noticed at once (and so LISTEN can be added there).
+ * in IDLE and re-checks slowly. A full sync is LISTEN, then one read-only
+ * REPEATABLE READ transaction reading both tables, marking every row in
+ * the model and sweeping what was not seen. LISTEN comes first so that
+ * every commit the transaction's snapshot misses is notified to us: the
+ * server delivers notifications between transactions, so those that
+ * arrive during a load are queued and applied after it, and applying a
+ * change twice is harmless.
+ *
+ * Changes. Each notification ("ip_rules,UPDATE,42") adds an id to the
+ * collect set. The set is fetched once the changes have been quiet for
+ * provisioning.coalesce_ms, or provisioning.max_delay_ms after the first,
+ * in a delta sync: one transaction, one query per table for all its ids
+ * (plus the accounts the fetched rules name), ORDER BY id, merged with the
+ * sorted ids: a row present is put, an id without a row is deleted. That
+ * is order-independent and idempotent, so a burst of any size costs one
+ * fetch and one publish. TRUNCATE, a bulk statement, a bad payload or more
+ * than LOADER_DELTA_MAX ids make a full sync instead.
+ *
+ * Publishing. A sync that fails half-way leaves the model "mixed" (part of
+ * a snapshot, part of the one before); nothing is published from it until
+ * a full sync succeeds. While a sync is putting rows nothing is published
+ * either, so a worker never sees half a change.
+ *
+ * The snapshot file: after a publish, at most once per
+ * provisioning.save_interval_ms, a forked child writes the model to
+ * snapshot_file (the fork is a consistent copy for free, and the loop goes
+ * on while the disk works); at SIGTERM the last changes are written in the
+ * loop. At start, when the database cannot be reached (or its schema is
+ * unknown) and no snapshot is published yet, the file is loaded and
+ * published, and the database is tried on as usual.
  *
  * Resync acknowledgement: the master waits for resync_done to reach the
  * configuration generation it published. want_gen holds the generation of
@@ -28,6 +58,7 @@
  * one may predate the change). Every outcome - published, failed, database
  * unreachable - stores the generation it was carrying.
  */
+#include <errno.h>
 #include <event2/event.h>
 #include <libpq-fe.h>
 #include <limits.h>
@@ -37,6 +68,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "lib/addr.h"
@@ -45,9 +79,13 @@
 #include "master/proc.h"
 #include "shm/shm.h"
 #include "shm/snapshot.h"
+#include "sql/loader_file.h"
+#include "sql/pending.h"
+#include "sql/resolve.h"
 
 /* The tollgate.schema_version this binary reads; bump with sql/install.sql. */
-#define LOADER_SCHEMA_VERSION 1
+#define LOADER_SCHEMA_VERSION 2
+#define LOADER_CHANNEL        "tollgate_changes"
 
 /* PQconnectPoll() honours no connect_timeout of its own. */
 #define LOADER_CONNECT_TIMEOUT_MS 10000
@@ -55,42 +93,86 @@
 #define LOADER_PUBLISH_FIRST_MS 1
 #define LOADER_PUBLISH_MAX_MS   50
 #define LOADER_PUBLISH_WARN_MS  1000
-/* rule_invalid lines per load; the invalid count covers the rest. */
+/* rule_invalid lines per sync; the invalid count covers the rest. */
 #define LOADER_INVALID_LOG_MAX 100
 #define LOADER_REASON_MAX      512
+/* Changed ids fetched one by one up to here; past it a full sync is cheaper. */
+#define LOADER_DELTA_MAX 10000
+/* A full sync a burst forced waits for the burst to end, but no longer than this. */
+#define LOADER_FORCED_WAIT_MS 1000
 
 enum loader_state {
 	LOADER_DISCONNECTED, /* no connection; retry timer armed */
 	LOADER_CONNECTING,   /* PQconnectPoll() in progress; timeout armed */
 	LOADER_CHECKING,     /* schema_version query in flight */
-	LOADER_LOADING,      /* full-load transaction in flight; step says where */
+	LOADER_SYNCING,      /* a full or delta sync in flight; kind and step say which and where */
 	LOADER_IDLE,         /* connected, nothing in flight */
 };
 
-enum load_step {
-	LOAD_BEGIN,
-	LOAD_ACCOUNTS,
-	LOAD_RULES,
-	LOAD_COMMIT,
-	LOAD_ROLLBACK,
+enum sync_kind {
+	SYNC_FULL,
+	SYNC_DELTA,
 };
 
-static const char *const load_sql[] = {
-        [LOAD_BEGIN] = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-        [LOAD_ACCOUNTS] = "SELECT id, name, status, max_channels, max_cps FROM tollgate.accounts",
-        [LOAD_RULES] = "SELECT id, account_id, address, port, tech_prefix, status, direction"
-                       " FROM tollgate.ip_rules",
-        [LOAD_COMMIT] = "COMMIT",
-        [LOAD_ROLLBACK] = "ROLLBACK",
+enum sync_step {
+	STEP_LISTEN, /* full only */
+	STEP_BEGIN,
+	STEP_ACCOUNTS,
+	STEP_RULES,
+	STEP_COMMIT,
+	STEP_ROLLBACK,
 };
 
-/* Why a load stopped taking rows; the rest are only counted. */
+#define ACCOUNT_COLS "SELECT id, name, status, max_channels, max_cps FROM tollgate.accounts"
+#define RULE_COLS                                                                                            \
+	"SELECT id, account_id, address, port, tech_prefix, status, direction, host_name IS NOT NULL FROM "  \
+	"tollgate.ip_rules"
+
+static const char *const full_sql[] = {
+        [STEP_LISTEN] = "LISTEN " LOADER_CHANNEL,
+        [STEP_BEGIN] = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        [STEP_ACCOUNTS] = ACCOUNT_COLS,
+        [STEP_RULES] = RULE_COLS,
+        [STEP_COMMIT] = "COMMIT",
+        [STEP_ROLLBACK] = "ROLLBACK",
+};
+
+/*
+ * $1: account ids, $2: rule ids. The rules' accounts come along: a new rule
+ * may name a new account. A UNION rather than "OR id IN (...)", which the
+ * planner turns into a scan of every account.
+ */
+static const char *const delta_sql[] = {
+        [STEP_LISTEN] = NULL,
+        [STEP_BEGIN] = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        [STEP_ACCOUNTS] =
+                ACCOUNT_COLS " WHERE id = ANY($1::bigint[])"
+                             " UNION SELECT a.id, a.name, a.status, a.max_channels, a.max_cps"
+                             " FROM tollgate.accounts a JOIN tollgate.ip_rules r ON r.account_id = a.id"
+                             " WHERE r.id = ANY($2::bigint[]) ORDER BY id",
+        [STEP_RULES] = RULE_COLS " WHERE id = ANY($1::bigint[]) ORDER BY id",
+        [STEP_COMMIT] = "COMMIT",
+        [STEP_ROLLBACK] = "ROLLBACK",
+};
+
+/* Why a full sync stopped taking rows; the rest are only counted. */
 enum load_over {
 	OVER_NONE,
 	OVER_ACCOUNTS, /* cap_accounts reached */
 	OVER_RULES,    /* cap_ip_rules reached */
-	OVER_MEMORY,   /* the builder ran out of heap */
+	OVER_MEMORY,   /* the model ran out of heap */
 };
+
+/* What the next publish carries, strongest first wins the log line. */
+enum pub_kind {
+	PUB_NONE,
+	PUB_DNS,   /* a host name resolved to other addresses */
+	PUB_DELTA, /* changes from notifications */
+	PUB_FILE,  /* the snapshot file, at start */
+	PUB_FULL,  /* a full sync */
+};
+
+static const char *const pub_kind_name[] = {"none", "dns", "delta", "file", "full"};
 
 typedef struct loader {
 	tg_child_t *c;
@@ -108,7 +190,8 @@ typedef struct loader {
 	uint64_t rng;          /* jitter only */
 
 	/* the query in flight */
-	enum load_step step;
+	enum sync_kind kind;
+	enum sync_step step;
 	int qfailed;
 	char qerr[LOADER_REASON_MAX];
 	char qstate[6];  /* SQLSTATE */
@@ -117,22 +200,52 @@ typedef struct loader {
 	long long schema_found;
 	long long schema_logged; /* last schema_unknown finding logged, to log changes only */
 
-	/* the load in flight: build != NULL until its outcome is reported */
-	snap_builder_t *build;
+	/* the model and what feeds it */
+	snap_model_t *model;
+	resolve_t *resolve;
+	int applying; /* a sync is putting rows: publishing now would show half of it */
+	int mixed;    /* a sync failed half-way: publish nothing until a full sync succeeds */
+	int synced;   /* a full sync from the database succeeded since start */
+
+	/* the sync in flight */
 	uint64_t load_gen;
-	uint64_t load_start_ms;
+	uint64_t sync_start_us;
 	uint64_t invalid;
 	uint64_t rows_accounts, rows_rules; /* seen, valid or not */
 	enum load_over over;
 	int retry_load; /* after the ROLLBACK in flight: load again later */
 
-	/* built, waiting for a free arena */
-	snap_builder_t *pending;
-	uint64_t pending_gen, pending_invalid, pending_start_ms;
+	/* changes: collected from notifications, and the batch a delta sync fetches */
+	pending_t *collect, *batch;
+	uint64_t collect_first_us; /* the first change in collect arrived; 0 = none */
+	uint64_t batch_first_us;
+	const char *resync_reason; /* why collect overflowed; NULL = it did not */
+	char *params[2];           /* the batch's ids as bigint[] literals: accounts, rules */
+	uint32_t cursor[PENDING_NTABLES];
+	uint32_t changes; /* rows put or deleted by the delta sync in flight */
+	struct event *coalesce_ev;
+
+	/* built, waiting to be published */
+	int dirty;
+	enum pub_kind pub_kind;
+	uint64_t dirty_since_us; /* the oldest change not yet published */
+	uint64_t pub_changes, pub_invalid;
+	uint64_t ack_gen; /* answered by the next publish, or its failure */
+	uint64_t data_ms; /* wall clock of the database state the model holds, for ages */
 	struct event *publish_ev;
 	uint64_t wait_since_ms; /* 0: not waiting */
 	uint32_t wait_ms;
 	int wait_warned;
+	int capacity_logged;
+
+	/* the snapshot file */
+	struct event *save_ev;
+	pid_t save_pid;           /* the child writing it; 0 = none */
+	uint64_t save_started_ms; /* monotonic; 0 = never */
+	uint32_t save_accounts, save_rules;
+	uint64_t save_fork_us; /* the loop's share of a save: fork() copying the page tables */
+	int save_dirty;        /* published since the last save began */
+	int file_tried;
 
 	uint64_t want_gen; /* a resync asked for and not started yet; 0 = none */
 } loader_t;
@@ -140,6 +253,7 @@ typedef struct loader {
 static void io_cb(evutil_socket_t fd, short what, void *arg);
 static void check_start(loader_t *l);
 static void publish_try(loader_t *l);
+static void load_start(loader_t *l);
 
 /* ------------------------------------------------------------------ */
 /* small helpers                                                      */
@@ -171,12 +285,22 @@ static const char *reason_copy(char *out, size_t len, const char *in)
 	return out;
 }
 
-static void arm_timer(struct event *ev, uint32_t ms)
+static uint64_t now_us(void)
 {
-	struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+	return tg_now_ns() / 1000;
+}
+
+static void arm_timer_us(struct event *ev, uint64_t us)
+{
+	struct timeval tv = {.tv_sec = (time_t)(us / 1000000), .tv_usec = (suseconds_t)(us % 1000000)};
 
 	event_del(ev);
 	event_add(ev, &tv);
+}
+
+static void arm_timer(struct event *ev, uint32_t ms)
+{
+	arm_timer_us(ev, (uint64_t)ms * 1000);
 }
 
 static uint32_t retry_min_ms(const loader_t *l)
@@ -222,6 +346,16 @@ static uint64_t take_want(loader_t *l)
 
 	l->want_gen = 0;
 	return gen;
+}
+
+/* The model holds what workers do not have yet; since: when the oldest of it happened. */
+static void mark_dirty(loader_t *l, enum pub_kind kind, uint64_t since_us)
+{
+	l->dirty = 1;
+	if (kind > l->pub_kind)
+		l->pub_kind = kind;
+	if (l->dirty_since_us == 0 || since_us < l->dirty_since_us)
+		l->dirty_since_us = since_us;
 }
 
 /* ------------------------------------------------------------------ */
@@ -270,15 +404,39 @@ static uint32_t schedule_reconnect(loader_t *l)
 	return ms;
 }
 
-/* The load in flight did not finish; its outcome is reported here. */
-static void load_end_failed(loader_t *l)
+static void params_free(loader_t *l)
 {
-	snap_builder_free(l->build);
-	l->build = NULL;
-	atomic_fetch_add(&l->sh->load_failures, 1);
-	ack(l, l->load_gen);
+	for (int i = 0; i < 2; i++) {
+		free(l->params[i]);
+		l->params[i] = NULL;
+	}
+}
+
+/*
+ * The sync in flight will not finish. Rows it put stay in the model, which
+ * is then a mix of two snapshots: nothing is published from it until a
+ * full sync succeeds. A full sync reports its outcome here.
+ */
+static void sync_abandon(loader_t *l, int failed)
+{
+	if (l->state != LOADER_SYNCING)
+		return;
+	if (l->applying)
+		l->mixed = 1;
+	l->applying = 0;
+	params_free(l);
+	if (l->kind != SYNC_FULL || l->step >= STEP_COMMIT)
+		return;
+	if (failed) {
+		atomic_fetch_add(&l->sh->load_failures, 1);
+		ack(l, l->load_gen);
+	} else if (l->load_gen > l->want_gen) {
+		l->want_gen = l->load_gen; /* the next load answers for it */
+	}
 	l->load_gen = 0;
 }
+
+static void file_fallback(loader_t *l);
 
 static void connect_failed(loader_t *l, const char *reason)
 {
@@ -291,6 +449,7 @@ static void connect_failed(loader_t *l, const char *reason)
 	log_warnx("db_connect_failed", "reason=%s retry_ms=%u", why, ms);
 	/* A resync cannot happen while the database is unreachable: say so now. */
 	ack(l, take_want(l));
+	file_fallback(l);
 }
 
 /*
@@ -313,13 +472,13 @@ static void db_lost(loader_t *l)
 	reason_copy(why, sizeof(why), conn_error(l));
 	conn_close(l);
 	atomic_store(&l->sh->db_connected, 0);
+	if (l->state == LOADER_SYNCING && l->kind == SYNC_FULL && l->step < STEP_COMMIT)
+		log_errorx("load_failed", "reason=%s", "connection lost");
+	sync_abandon(l, 1);
 	ms = schedule_reconnect(l);
 	log_warnx("db_disconnected", "reason=%s retry_ms=%u", why, ms);
-	if (l->build != NULL) {
-		log_errorx("load_failed", "reason=%s", "connection lost");
-		load_end_failed(l);
-	}
 	ack(l, take_want(l));
+	file_fallback(l);
 }
 
 static void notice_cb(void *arg, const PGresult *res)
@@ -435,13 +594,20 @@ static int flush(loader_t *l)
 }
 
 /* Returns 0, or -1 after declaring the connection lost. */
-static int send_query(loader_t *l, const char *sql, int single_row)
+static int send_query(loader_t *l, const char *sql, int nparams, char *const *params, int single_row)
 {
+	int sent;
+
 	l->qfailed = 0;
 	l->qerr[0] = '\0';
 	l->qstate[0] = '\0';
 	l->err_seen = 0; /* libpq starts a new error message with each query */
-	if (!PQsendQuery(l->conn, sql)) {
+	if (nparams == 0)
+		sent = PQsendQuery(l->conn, sql);
+	else
+		sent = PQsendQueryParams(l->conn, sql, nparams, NULL, (const char *const *)params, NULL, NULL,
+		                         0);
+	if (!sent) {
 		db_lost(l);
 		return -1;
 	}
@@ -465,9 +631,14 @@ static void enter_idle(loader_t *l, int retry)
 	}
 	if (retry)
 		arm_timer(l->retry, retry_max_ms(l));
-	/* A SIGHUP arrived during the load that just ended: load again. */
-	if (l->want_gen != 0)
+	/* A SIGHUP arrived during the sync that just ended: load again. */
+	if (l->want_gen != 0) {
 		check_start(l);
+		return;
+	}
+	/* Changes that came in meanwhile: their quiet period may be over already. */
+	if (!pending_empty(l->collect) && !event_pending(l->coalesce_ev, EV_TIMEOUT, NULL))
+		event_active(l->coalesce_ev, EV_TIMEOUT, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -479,7 +650,7 @@ static void check_start(loader_t *l)
 	l->state = LOADER_CHECKING;
 	l->schema_rows = 0;
 	l->schema_found = -1;
-	send_query(l, "SELECT version FROM tollgate.schema_version", 0);
+	send_query(l, "SELECT version FROM tollgate.schema_version", 0, NULL, 0);
 }
 
 static void check_row(loader_t *l, const PGresult *res, int row)
@@ -511,9 +682,8 @@ static void schema_unknown(loader_t *l)
 	}
 	ack(l, take_want(l));
 	enter_idle(l, 1);
+	file_fallback(l);
 }
-
-static void load_start(loader_t *l);
 
 static void check_done(loader_t *l)
 {
@@ -528,47 +698,152 @@ static void check_done(loader_t *l)
 }
 
 /* ------------------------------------------------------------------ */
-/* full load                                                          */
+/* syncs: the queries                                                 */
 
-static void load_send(loader_t *l, enum load_step step)
+static void sync_send(loader_t *l, enum sync_step step)
 {
+	int rows = step == STEP_ACCOUNTS || step == STEP_RULES;
+
 	l->step = step;
-	send_query(l, load_sql[step], step == LOAD_ACCOUNTS || step == LOAD_RULES);
+	if (l->kind == SYNC_FULL)
+		send_query(l, full_sql[step], 0, NULL, rows);
+	else if (step == STEP_ACCOUNTS)
+		send_query(l, delta_sql[step], 2, l->params, 0);
+	else if (step == STEP_RULES)
+		send_query(l, delta_sql[step], 1, &l->params[1], 0);
+	else
+		send_query(l, delta_sql[step], 0, NULL, 0);
 }
 
-static void load_start(loader_t *l)
+static void sync_reset(loader_t *l, enum sync_kind kind)
 {
-	l->load_gen = take_want(l);
-	l->build = snap_builder_new();
-	if (l->build == NULL) {
-		log_errorx("load_failed", "reason=%s", "out of memory");
-		atomic_fetch_add(&l->sh->load_failures, 1);
-		ack(l, l->load_gen);
-		l->load_gen = 0;
-		enter_idle(l, 1);
-		return;
-	}
-	l->load_start_ms = tg_now_ms();
+	l->kind = kind;
+	l->state = LOADER_SYNCING;
+	l->sync_start_us = now_us();
 	l->invalid = 0;
 	l->rows_accounts = 0;
 	l->rows_rules = 0;
 	l->over = OVER_NONE;
-	l->state = LOADER_LOADING;
-	load_send(l, LOAD_BEGIN);
+	l->changes = 0;
 }
 
-/* A builder short of heap fails the load: a snapshot missing rows would refuse real customers. */
-static int out_of_memory(loader_t *l, const char *err)
+static void load_start(loader_t *l)
 {
-	if (err == NULL || strcmp(err, "out of memory") != 0)
-		return 0;
-	l->over = OVER_MEMORY;
-	return 1;
+	event_del(l->retry);
+	l->load_gen = take_want(l);
+	sync_reset(l, SYNC_FULL);
+	sync_send(l, STEP_LISTEN);
 }
+
+/* Everything collected so far is in the snapshot the load is about to take. */
+static void load_begin(loader_t *l)
+{
+	pending_clear(l->collect);
+	l->collect_first_us = 0;
+	l->resync_reason = NULL;
+	event_del(l->coalesce_ev);
+	snap_model_mark_begin(l->model);
+	resolve_mark_begin(l->resolve);
+	l->applying = 1;
+	sync_send(l, STEP_BEGIN);
+}
+
+/* The collected changes become the batch, fetched in one transaction. */
+static void delta_start(loader_t *l)
+{
+	pending_t *swap = l->batch;
+
+	l->batch = l->collect;
+	l->collect = swap;
+	pending_clear(l->collect);
+	l->batch_first_us = l->collect_first_us;
+	l->collect_first_us = 0;
+	l->resync_reason = NULL;
+	l->params[0] = pending_array_text(l->batch, PENDING_ACCOUNTS);
+	l->params[1] = pending_array_text(l->batch, PENDING_RULES);
+	if (l->params[0] == NULL || l->params[1] == NULL) {
+		params_free(l);
+		log_errorx("delta_failed", "reason=%s", "out of memory");
+		l->mixed = 1;
+		load_start(l);
+		return;
+	}
+	memset(l->cursor, 0, sizeof(l->cursor));
+	sync_reset(l, SYNC_DELTA);
+	sync_send(l, STEP_BEGIN);
+}
+
+/* Ends the transaction if one is open; then idle, and with retry load again later. */
+static void sync_rollback(loader_t *l, int retry)
+{
+	PGTransactionStatusType ts = PQtransactionStatus(l->conn);
+
+	l->retry_load = retry;
+	if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+		sync_send(l, STEP_ROLLBACK);
+	else
+		enter_idle(l, retry);
+}
+
+/* ------------------------------------------------------------------ */
+/* syncs: rows into the model                                         */
 
 static long long field_ll(const PGresult *res, int row, int col)
 {
 	return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+/* A model short of heap fails a full sync: a snapshot missing rows would refuse real customers. */
+static int out_of_memory(const char *err)
+{
+	return err != NULL && strcmp(err, "out of memory") == 0;
+}
+
+/* A delta's id with no row: the row is gone. */
+static void batch_delete(loader_t *l, enum pending_table t, int64_t id)
+{
+	if (t == PENDING_ACCOUNTS) {
+		snap_model_account_del(l->model, id);
+	} else {
+		snap_model_rule_del(l->model, id);
+		resolve_del(l->resolve, id);
+	}
+	l->changes++;
+}
+
+/*
+ * Rows arrive ORDER BY id and the batch's ids are sorted: every id passed
+ * over without its row was deleted. An id not in the batch (an account a
+ * fetched rule names) is just put.
+ */
+static void batch_seen(loader_t *l, enum pending_table t, int64_t id)
+{
+	const int64_t *ids = pending_sorted(l->batch, t);
+	uint32_t n = pending_count(l->batch, t), *k = &l->cursor[t];
+
+	while (*k < n && ids[*k] < id)
+		batch_delete(l, t, ids[(*k)++]);
+	if (*k < n && ids[*k] == id)
+		(*k)++;
+	l->changes++;
+}
+
+static void batch_rest(loader_t *l, enum pending_table t)
+{
+	const int64_t *ids = pending_sorted(l->batch, t);
+	uint32_t n = pending_count(l->batch, t);
+
+	while (l->cursor[t] < n)
+		batch_delete(l, t, ids[l->cursor[t]++]);
+}
+
+/* A full sync counts every row, so capacity_exceeded can say how many there are. */
+static int full_row_fits(loader_t *l, uint64_t *rows, uint32_t cap, enum load_over over)
+{
+	(*rows)++;
+	if (l->over == OVER_NONE && *rows > cap)
+		l->over = over;
+	return l->over == OVER_NONE;
 }
 
 static void account_row(loader_t *l, const PGresult *res, int row)
@@ -578,19 +853,19 @@ static void account_row(loader_t *l, const PGresult *res, int row)
 	const char *name = PQgetvalue(res, row, 1);
 	int active = !strcmp(PQgetvalue(res, row, 2), "active");
 
-	l->rows_accounts++;
-	if (l->over != OVER_NONE)
+	if (l->kind == SYNC_DELTA)
+		batch_seen(l, PENDING_ACCOUNTS, id);
+	else if (!full_row_fits(l, &l->rows_accounts, l->c->cfg.cap_accounts, OVER_ACCOUNTS))
 		return;
-	if (snap_builder_naccounts(l->build) >= l->c->cfg.cap_accounts) {
-		l->over = OVER_ACCOUNTS;
+	if (snap_model_account_put(l->model, id, name, active, (uint32_t)field_ll(res, row, 3),
+	                           (uint32_t)field_ll(res, row, 4), &err) == 0)
+		return;
+	if (out_of_memory(err)) {
+		l->over = OVER_MEMORY;
 		return;
 	}
-	if (snap_builder_account(l->build, id, name, active, (uint32_t)field_ll(res, row, 3),
-	                         (uint32_t)field_ll(res, row, 4), &err) == 0)
-		return;
-	if (out_of_memory(l, err))
-		return;
 	/* Its rules will be refused as "unknown account" and counted there. */
+	snap_model_account_del(l->model, id);
 	log_warnx("account_invalid", "id=%lld name=%s reason=%s", id, name, err);
 }
 
@@ -613,65 +888,127 @@ static void rule_invalid(loader_t *l, long long id, const char *address, const c
 		log_warnx("rule_invalid_suppressed", "after=%d", LOADER_INVALID_LOG_MAX);
 }
 
+/* Letters, digits, '-', '.' and '_': what a DNS name in a rule may hold. */
+static int host_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	return n > 0 && n <= 253 &&
+	       strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	                 "0123456789-._") == n;
+}
+
+/* One ip_rules row, parsed. */
+typedef struct rule_row {
+	long long id, account_id, port;
+	const char *address, *prefix;
+	int active, is_host;
+	unsigned dir;
+} rule_row_t;
+
+static void rule_parse(const PGresult *res, int row, rule_row_t *r)
+{
+	r->id = field_ll(res, row, 0);
+	r->account_id = field_ll(res, row, 1);
+	r->address = PQgetvalue(res, row, 2);
+	r->port = PQgetisnull(res, row, 3) ? 0 : field_ll(res, row, 3);
+	r->prefix = PQgetisnull(res, row, 4) ? "" : PQgetvalue(res, row, 4);
+	r->active = !strcmp(PQgetvalue(res, row, 5), "active");
+	r->dir = direction_parse(PQgetvalue(res, row, 6));
+	r->is_host = !strcmp(PQgetvalue(res, row, 7), "t");
+}
+
+/* A host-name rule gets the resolver's last good addresses (none before its first answer). */
+static const char *rule_host(loader_t *l, const rule_row_t *r, const tg_range_t **ranges, unsigned *n)
+{
+	const resolve_rule_t *got;
+	resolve_rule_t q;
+
+	if (!host_ok(r->address))
+		return "not a host name";
+	memset(&q, 0, sizeof(q));
+	q.id = r->id;
+	q.account_id = r->account_id;
+	q.port = (uint16_t)r->port;
+	snprintf(q.tech_prefix, sizeof(q.tech_prefix), "%s", r->prefix);
+	q.active = r->active;
+	q.direction = r->dir;
+	snprintf(q.host, sizeof(q.host), "%s", r->address);
+	if ((got = resolve_put(l->resolve, &q, NULL, 0)) == NULL)
+		return "out of memory";
+	*ranges = got->ranges;
+	*n = got->nranges;
+	return NULL;
+}
+
+/* Returns NULL once the rule is in the model, else why not. */
+static const char *rule_apply(loader_t *l, const rule_row_t *r)
+{
+	const tg_range_t *ranges;
+	const char *err = NULL;
+	tg_range_t one;
+	unsigned n = 1;
+
+	if (r->dir == 0)
+		return "unknown direction";
+	if (r->port < 0 || r->port > 65535)
+		return "port out of range";
+	if (r->is_host) {
+		if ((err = rule_host(l, r, &ranges, &n)) != NULL)
+			return err;
+	} else {
+		if (tg_range_parse(r->address, &one, &err) < 0)
+			return err;
+		ranges = &one;
+		resolve_del(l->resolve, r->id); /* it may have been a host name until now */
+	}
+	if (snap_model_rule_put(l->model, r->id, r->account_id, ranges, n, (uint16_t)r->port, r->prefix,
+	                        r->active, r->dir, &err) < 0)
+		return err != NULL ? err : "refused";
+	return NULL;
+}
+
 /*
  * The schema's checks and trigger refuse most bad rows already; what is
- * left (a parser disagreement, an account the builder refused) is skipped
- * here rather than failing the whole load.
+ * left (a parser disagreement, an account the model refused) is skipped
+ * here rather than failing the whole sync, and an older version of the
+ * row leaves the model with it.
  */
 static void rule_row(loader_t *l, const PGresult *res, int row)
 {
-	long long id = field_ll(res, row, 0);
-	const char *address = PQgetvalue(res, row, 2);
-	long long port = PQgetisnull(res, row, 3) ? 0 : field_ll(res, row, 3);
-	const char *prefix = PQgetisnull(res, row, 4) ? "" : PQgetvalue(res, row, 4);
-	int active = !strcmp(PQgetvalue(res, row, 5), "active");
-	unsigned dir = direction_parse(PQgetvalue(res, row, 6));
-	const char *err = NULL;
-	tg_range_t r;
+	const char *err;
+	rule_row_t r;
 
-	l->rows_rules++;
-	if (l->over != OVER_NONE)
+	rule_parse(res, row, &r);
+	if (l->kind == SYNC_DELTA)
+		batch_seen(l, PENDING_RULES, r.id);
+	else if (!full_row_fits(l, &l->rows_rules, l->c->cfg.cap_ip_rules, OVER_RULES))
 		return;
-	if (dir == 0)
-		err = "unknown direction";
-	else if (port < 0 || port > 65535)
-		err = "port out of range";
-	else if (tg_range_parse(address, &r, &err) == 0) {
-		if (snap_builder_nrules(l->build) >= l->c->cfg.cap_ip_rules) {
-			l->over = OVER_RULES;
-			return;
-		}
-		if (snap_builder_rule(l->build, id, field_ll(res, row, 1), &r, (uint16_t)port, prefix, active,
-		                      dir, &err) == 0 ||
-		    out_of_memory(l, err))
-			return;
+	if ((err = rule_apply(l, &r)) == NULL)
+		return;
+	if (out_of_memory(err)) {
+		l->over = OVER_MEMORY;
+		return;
 	}
-	rule_invalid(l, id, address, err != NULL ? err : "refused");
+	snap_model_rule_del(l->model, r.id);
+	resolve_del(l->resolve, r.id);
+	rule_invalid(l, r.id, r.address, err);
 }
 
 static void on_row(loader_t *l, const PGresult *res, int row)
 {
-	if (l->qfailed)
+	if (l->qfailed || (l->state == LOADER_SYNCING && l->over == OVER_MEMORY))
 		return;
 	if (l->state == LOADER_CHECKING)
 		check_row(l, res, row);
-	else if (l->state == LOADER_LOADING && l->step == LOAD_ACCOUNTS)
+	else if (l->state == LOADER_SYNCING && l->step == STEP_ACCOUNTS)
 		account_row(l, res, row);
-	else if (l->state == LOADER_LOADING && l->step == LOAD_RULES)
+	else if (l->state == LOADER_SYNCING && l->step == STEP_RULES)
 		rule_row(l, res, row);
 }
 
-/* Ends the transaction if one is open; then idle, and with retry load again later. */
-static void load_rollback(loader_t *l, int retry)
-{
-	PGTransactionStatusType ts = PQtransactionStatus(l->conn);
-
-	l->retry_load = retry;
-	if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
-		load_send(l, LOAD_ROLLBACK);
-	else
-		enter_idle(l, retry);
-}
+/* ------------------------------------------------------------------ */
+/* syncs: steps                                                       */
 
 /*
  * Above capacity: the old snapshot stays, since a partial one would refuse
@@ -691,52 +1028,131 @@ static void load_over_capacity(loader_t *l)
 	else
 		log_errorx("capacity_exceeded", "table=%s rows=%llu capacity=%u", "ip_rules",
 		           (unsigned long long)l->rows_rules, l->c->cfg.cap_ip_rules);
-	load_end_failed(l);
-	load_rollback(l, retry);
+	sync_abandon(l, 1);
+	sync_rollback(l, retry);
 }
 
-static void publish_take(loader_t *l);
-
-static void load_step_done(loader_t *l)
+/* Every row is in: what was not seen is gone, and the model is whole again. */
+static void load_done(loader_t *l)
 {
-	if (l->qfailed && l->step <= LOAD_RULES) {
-		log_errorx("load_failed", "reason=%s", l->qerr);
-		load_end_failed(l);
-		load_rollback(l, 1);
-		return;
-	}
+	uint32_t swept = snap_model_sweep(l->model);
+
+	resolve_sweep(l->resolve);
+	l->applying = 0;
+	l->mixed = 0;
+	l->synced = 1;
+	log_debug("load_swept", "rows=%u", swept);
+	mark_dirty(l, PUB_FULL, l->sync_start_us);
+	if (l->load_gen > l->ack_gen)
+		l->ack_gen = l->load_gen;
+	l->load_gen = 0;
+	l->pub_invalid = l->invalid;
+	l->pub_changes = l->rows_accounts + l->rows_rules;
+	atomic_store(&l->sh->rules_invalid, l->invalid);
+	atomic_store(&l->sh->hostname_rules, resolve_count(l->resolve));
+}
+
+/* A delta query failed: what it put is half a change, so the next sync is a full one. */
+static void delta_failed(loader_t *l)
+{
+	log_errorx("delta_failed", "reason=%s", l->qerr);
+	sync_abandon(l, 1);
+	l->resync_reason = "delta failed";
+	pending_overflow(l->collect);
+	if (l->collect_first_us == 0)
+		l->collect_first_us = now_us();
+	sync_rollback(l, 0);
+}
+
+static void full_step_done(loader_t *l)
+{
 	switch (l->step) {
-	case LOAD_BEGIN:
-		load_send(l, LOAD_ACCOUNTS);
+	case STEP_LISTEN:
+		load_begin(l);
 		return;
-	case LOAD_ACCOUNTS:
+	case STEP_BEGIN:
+		sync_send(l, STEP_ACCOUNTS);
+		return;
+	case STEP_ACCOUNTS:
 		if (l->over != OVER_NONE)
 			load_over_capacity(l);
 		else
-			load_send(l, LOAD_RULES);
+			sync_send(l, STEP_RULES);
 		return;
-	case LOAD_RULES:
+	case STEP_RULES:
 		if (l->over != OVER_NONE) {
 			load_over_capacity(l);
 			return;
 		}
-		/* Every row is in: end the transaction first, then build while the server rests. */
-		publish_take(l);
-		load_send(l, LOAD_COMMIT);
+		load_done(l);
+		/* End the transaction first, then build while the server rests. */
+		sync_send(l, STEP_COMMIT);
 		publish_try(l);
 		return;
-	case LOAD_COMMIT:
-	case LOAD_ROLLBACK:
-		/* A read-only transaction: nothing to lose if its end failed. */
-		if (l->qfailed)
-			log_warnx("db_query_failed", "query=%s reason=%s", load_sql[l->step], l->qerr);
-		enter_idle(l, l->step == LOAD_ROLLBACK && l->retry_load);
+	default:
 		return;
 	}
 }
 
+static void delta_step_done(loader_t *l)
+{
+	if (l->over == OVER_MEMORY) {
+		snprintf(l->qerr, sizeof(l->qerr), "out of memory");
+		delta_failed(l);
+		return;
+	}
+	switch (l->step) {
+	case STEP_BEGIN:
+		l->applying = 1;
+		sync_send(l, STEP_ACCOUNTS);
+		return;
+	case STEP_ACCOUNTS:
+		batch_rest(l, PENDING_ACCOUNTS);
+		sync_send(l, STEP_RULES);
+		return;
+	case STEP_RULES:
+		batch_rest(l, PENDING_RULES);
+		l->applying = 0;
+		params_free(l);
+		mark_dirty(l, PUB_DELTA, l->batch_first_us);
+		l->pub_changes += l->changes;
+		l->pub_invalid += l->invalid;
+		atomic_store(&l->sh->hostname_rules, resolve_count(l->resolve));
+		sync_send(l, STEP_COMMIT);
+		publish_try(l);
+		return;
+	default:
+		return;
+	}
+}
+
+static void sync_step_done(loader_t *l)
+{
+	if (l->qfailed && l->step <= STEP_RULES) {
+		if (l->kind == SYNC_DELTA) {
+			delta_failed(l);
+			return;
+		}
+		log_errorx("load_failed", "reason=%s", l->qerr);
+		sync_abandon(l, 1);
+		sync_rollback(l, 1);
+		return;
+	}
+	if (l->step == STEP_COMMIT || l->step == STEP_ROLLBACK) {
+		/* A read-only transaction: nothing to lose if its end failed. */
+		if (l->qfailed)
+			log_warnx("db_query_failed", "query=%s reason=%s", full_sql[l->step], l->qerr);
+		enter_idle(l, l->step == STEP_ROLLBACK && l->retry_load);
+		return;
+	}
+	if (l->kind == SYNC_FULL)
+		full_step_done(l);
+	else
+		delta_step_done(l);
+}
+
 /* ------------------------------------------------------------------ */
-/* results                                                            */
+/* results and notifications                                          */
 
 static void on_result(loader_t *l, const PGresult *res)
 {
@@ -766,14 +1182,98 @@ static void query_done(loader_t *l)
 {
 	if (l->state == LOADER_CHECKING)
 		check_done(l);
-	else if (l->state == LOADER_LOADING)
-		load_step_done(l);
+	else if (l->state == LOADER_SYNCING)
+		sync_step_done(l);
+}
+
+/*
+ * Quiet for coalesce_ms, but at most max_delay_ms after the first change
+ * (a forced full sync waits for its burst to end, up to a second: the
+ * rest of a 100,000-row burst is on its way and the load will cover it).
+ */
+static void coalesce_arm(loader_t *l)
+{
+	uint64_t now = now_us(), quiet = (uint64_t)l->c->cfg.coalesce_ms * 1000, cap, at;
+
+	if (l->collect_first_us == 0)
+		l->collect_first_us = now;
+	cap = (uint64_t)(pending_overflowed(l->collect) ? LOADER_FORCED_WAIT_MS : l->c->cfg.max_delay_ms) *
+	      1000;
+	at = now + quiet < l->collect_first_us + cap ? now + quiet : l->collect_first_us + cap;
+	arm_timer_us(l->coalesce_ev, at > now ? at - now : 0);
+}
+
+static int table_of(const char *name, size_t len)
+{
+	if (len == 8 && !memcmp(name, "accounts", 8))
+		return PENDING_ACCOUNTS;
+	if (len == 8 && !memcmp(name, "ip_rules", 8))
+		return PENDING_RULES;
+	return -1;
+}
+
+/* The first reason given stands for the burst. */
+static void resync_wanted(loader_t *l, const char *reason)
+{
+	if (l->resync_reason == NULL)
+		l->resync_reason = reason;
+	pending_overflow(l->collect);
+}
+
+/* Returns 1 when the payload asks for something, 0 when it is about a table we do not load. */
+static int notify_one(loader_t *l, const char *payload)
+{
+	const char *op = strchr(payload, ','), *id = op != NULL ? strchr(op + 1, ',') : NULL;
+	size_t oplen = id != NULL ? (size_t)(id - op - 1) : 0;
+	int t = op != NULL ? table_of(payload, (size_t)(op - payload)) : -1;
+	char *end;
+	long long v;
+
+	if (id == NULL) {
+		log_warnx("notify_invalid", "payload=%s", payload);
+		resync_wanted(l, "bad notification");
+		return 1;
+	}
+	if (t < 0)
+		return 0;
+	if ((oplen == 8 && !memcmp(op + 1, "TRUNCATE", 8)) || (oplen == 4 && !memcmp(op + 1, "BULK", 4))) {
+		resync_wanted(l, oplen == 4 ? "bulk change" : "truncate");
+		return 1;
+	}
+	errno = 0;
+	v = strtoll(id + 1, &end, 10);
+	if (id[1] == '\0' || *end != '\0' || errno != 0) {
+		log_warnx("notify_invalid", "payload=%s", payload);
+		resync_wanted(l, "bad notification");
+	} else if (pending_add(l->collect, (enum pending_table)t, v) == 1 && l->resync_reason == NULL) {
+		l->resync_reason = "too many changes";
+	}
+	return 1;
+}
+
+/* Every notification libpq has parsed; one timer update for the lot. */
+static void notifies(loader_t *l)
+{
+	PGnotify *n;
+	uint64_t count = 0;
+	int wanted = 0;
+
+	while (l->conn != NULL && (n = PQnotifies(l->conn)) != NULL) {
+		if (!strcmp(n->relname, LOADER_CHANNEL))
+			wanted |= notify_one(l, n->extra);
+		count++;
+		PQfreemem(n);
+	}
+	if (count > 0)
+		atomic_fetch_add(&l->sh->notifications, count);
+	if (wanted)
+		coalesce_arm(l);
 }
 
 /* Take every complete result; query_done() may send the next query or change state. */
 static void drain(loader_t *l)
 {
-	while (l->conn != NULL && (l->state == LOADER_CHECKING || l->state == LOADER_LOADING) &&
+	while (l->conn != NULL && (l->state == LOADER_CHECKING || l->state == LOADER_SYNCING) &&
 	       !PQisBusy(l->conn)) {
 		PGresult *res = PQgetResult(l->conn);
 
@@ -785,9 +1285,10 @@ static void drain(loader_t *l)
 		on_result(l, res);
 		PQclear(res);
 	}
-	/* Idle: parse what came anyway (notices, parameter changes) so it does not pile up. */
+	/* Idle: parse what came anyway (notifications, notices) so it does not pile up. */
 	if (l->conn != NULL && l->state == LOADER_IDLE)
 		PQisBusy(l->conn);
+	notifies(l);
 	if (l->conn != NULL && PQstatus(l->conn) == CONNECTION_BAD)
 		db_lost(l);
 }
@@ -838,37 +1339,48 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 		check_start(l);
 }
 
+/*
+ * The burst is over (or has waited long enough). Connected and idle: fetch
+ * it, or load everything when it overflowed. Otherwise the sync in flight
+ * ends in enter_idle(), which comes back here. Changes that need no query
+ * (a host name's new addresses) are published whatever the connection does.
+ */
+static void coalesce_cb(evutil_socket_t fd, short what, void *arg)
+{
+	loader_t *l = arg;
+
+	(void)fd;
+	(void)what;
+	/* A model left mixed by a failed sync takes no delta: the change may be what lets a load pass. */
+	if (l->state == LOADER_IDLE && !pending_empty(l->collect) &&
+	    (pending_overflowed(l->collect) || l->mixed)) {
+		atomic_fetch_add(&l->sh->forced_resyncs, 1);
+		log_info("resync_forced", "reason=%s",
+		         pending_overflowed(l->collect) ? l->resync_reason : "last sync failed");
+		load_start(l);
+	} else if (l->state == LOADER_IDLE && !pending_empty(l->collect)) {
+		delta_start(l);
+	} else {
+		publish_try(l);
+	}
+}
+
 /* ------------------------------------------------------------------ */
 /* publishing                                                         */
 
-/* The finished build waits to be published; a newer one replaces an older one still waiting. */
-static void publish_take(loader_t *l)
-{
-	if (l->pending != NULL)
-		snap_builder_free(l->pending);
-	l->pending = l->build;
-	l->pending_gen = l->load_gen > l->pending_gen ? l->load_gen : l->pending_gen;
-	l->pending_invalid = l->invalid;
-	l->pending_start_ms = l->load_start_ms;
-	l->build = NULL;
-	l->load_gen = 0;
-}
-
 static void publish_done(loader_t *l)
 {
-	snap_builder_free(l->pending);
-	l->pending = NULL;
-	ack(l, l->pending_gen);
-	l->pending_gen = 0;
+	ack(l, l->ack_gen);
+	l->ack_gen = 0;
 	l->wait_since_ms = 0;
 	l->wait_warned = 0;
 	event_del(l->publish_ev);
 }
 
 /*
- * A worker still reads the arena the next generation goes into. Never
- * wait on it: come back shortly, sooner at first since a worker holds a
- * snapshot for one batch of packets only.
+ * A worker still reads an arena the publish needs. Never wait on it: come
+ * back shortly, sooner at first since a worker holds a snapshot for one
+ * batch of packets only.
  */
 static void publish_wait(loader_t *l)
 {
@@ -890,51 +1402,87 @@ static void publish_wait(loader_t *l)
 	arm_timer(l->publish_ev, l->wait_ms);
 }
 
-static void publish_stats(loader_t *l, uint64_t gen, uint64_t built_ms, size_t bytes)
+static void publish_stats(loader_t *l, const snap_publish_stats_t *st, uint64_t built_ms)
 {
-	uint32_t accounts = snap_builder_naccounts(l->pending);
-	uint32_t rules = snap_builder_nrules(l->pending);
-	uint64_t now = tg_now_ms();
+	uint64_t latency_us = now_us() - l->dirty_since_us;
+	uint64_t waited_ms = l->wait_since_ms != 0 ? tg_now_ms() - l->wait_since_ms : 0;
 
-	atomic_store(&l->sh->accounts, accounts);
-	atomic_store(&l->sh->ip_rules, rules);
-	atomic_store(&l->sh->rules_invalid, l->pending_invalid);
-	atomic_store(&l->sh->snapshot_ms, built_ms);
+	atomic_store(&l->sh->accounts, st->accounts);
+	atomic_store(&l->sh->ip_rules, st->rules);
+	/* A file's data, and what DNS changed in it, is as old as the file says. */
+	if (l->pub_kind == PUB_FULL || l->pub_kind == PUB_DELTA || l->data_ms == 0)
+		l->data_ms = built_ms;
+	atomic_store(&l->sh->snapshot_ms, l->data_ms);
 	atomic_store(&l->sh->have_snapshot, 1);
-	atomic_fetch_add(&l->sh->loads, 1);
-	/* load_ms counts from BEGIN to publish; waited_ms is the part spent waiting for a reader. */
-	log_notice(
-	        "snapshot_published",
-	        "generation=%llu accounts=%u ip_rules=%u invalid=%llu load_ms=%llu waited_ms=%llu bytes=%zu",
-	        (unsigned long long)gen, accounts, rules, (unsigned long long)l->pending_invalid,
-	        (unsigned long long)(now - l->pending_start_ms),
-	        (unsigned long long)(l->wait_since_ms != 0 ? now - l->wait_since_ms : 0), bytes);
+	atomic_store(&l->sh->publish_latency_us, latency_us);
+	if (l->pub_kind == PUB_FULL || l->pub_kind == PUB_FILE)
+		atomic_store(&l->sh->snapshot_from_file, l->pub_kind == PUB_FILE);
+	if (l->pub_kind == PUB_FULL)
+		atomic_fetch_add(&l->sh->loads, 1);
+	else if (l->pub_kind != PUB_FILE)
+		atomic_fetch_add(&l->sh->deltas, 1);
+	/* latency_us counts from the oldest change (or the load's start) to the publish. */
+	log_notice("snapshot_published",
+	           "kind=%s generation=%llu base_generation=%llu compaction=%d reason=%s accounts=%u "
+	           "ip_rules=%u changes=%llu invalid=%llu latency_us=%llu load_ms=%llu waited_ms=%llu "
+	           "build_us=%llu head_bytes=%zu base_bytes=%zu overlay_rules=%u tombstones=%u",
+	           pub_kind_name[l->pub_kind], (unsigned long long)st->generation,
+	           (unsigned long long)st->base_generation, st->kind == SNAP_PUBLISH_COMPACTION,
+	           st->reason != NULL ? st->reason : "", st->accounts, st->rules,
+	           (unsigned long long)l->pub_changes, (unsigned long long)l->pub_invalid,
+	           (unsigned long long)latency_us, (unsigned long long)(latency_us / 1000),
+	           (unsigned long long)waited_ms, (unsigned long long)st->build_us, st->head_bytes,
+	           st->base_bytes, st->overlay_rules, st->tombstones);
 }
+
+/* ENOSPC: more rows than the capacity, or a base too big for its arena. The old snapshot stays. */
+static void publish_failed(loader_t *l)
+{
+	int saved = errno;
+
+	if (!l->capacity_logged || saved != ENOSPC)
+		log_errorx("capacity_exceeded",
+		           "table=%s accounts=%u ip_rules=%u capacity_accounts=%u "
+		           "capacity_ip_rules=%u reason=%s",
+		           "snapshot", snap_model_naccounts(l->model), snap_model_nrules(l->model),
+		           l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules, strerror(saved));
+	l->capacity_logged = saved == ENOSPC;
+	if (l->pub_kind == PUB_FULL)
+		atomic_fetch_add(&l->sh->load_failures, 1);
+	publish_done(l);
+}
+
+static void save_schedule(loader_t *l);
 
 static void publish_try(loader_t *l)
 {
-	uint64_t gen, built_ms = tg_wall_ms();
-	void *arena;
-	size_t used;
+	uint64_t built_ms = tg_wall_ms();
+	int from_file = l->pub_kind == PUB_FILE;
+	snap_publish_stats_t st;
+	int rc;
 
-	if (l->pending == NULL)
+	if (!l->dirty || l->applying || l->mixed)
 		return;
-	arena = snap_arena_for_next(l->shm, &gen);
-	if (arena == NULL) {
+	rc = snap_model_publish(l->model, l->shm, built_ms, &st);
+	if (rc == 1) {
 		publish_wait(l);
 		return;
 	}
-	used = snap_builder_write(l->pending, arena, l->shm->arena_size, gen, built_ms);
-	if (used == 0) {
-		log_errorx("capacity_exceeded", "table=%s bytes=%zu accounts=%u ip_rules=%u", "snapshot",
-		           l->shm->arena_size, snap_builder_naccounts(l->pending),
-		           snap_builder_nrules(l->pending));
-		atomic_fetch_add(&l->sh->load_failures, 1);
-	} else {
-		snap_publish(l->shm, gen);
-		publish_stats(l, gen, built_ms, used);
+	if (rc < 0) {
+		publish_failed(l);
+		return;
 	}
+	publish_stats(l, &st, built_ms);
 	publish_done(l);
+	l->capacity_logged = 0;
+	l->dirty = 0;
+	l->pub_kind = PUB_NONE;
+	l->dirty_since_us = 0;
+	l->pub_changes = 0;
+	l->pub_invalid = 0;
+	/* The file's own data goes back to it only once something changed it. */
+	l->save_dirty = l->save_dirty || !from_file;
+	save_schedule(l);
 }
 
 static void publish_cb(evutil_socket_t fd, short what, void *arg)
@@ -942,6 +1490,236 @@ static void publish_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	publish_try(arg);
+}
+
+/* ------------------------------------------------------------------ */
+/* host names                                                         */
+
+/* New addresses for a host-name rule: into the model, published after the usual quiet period. */
+static void dns_changed(void *arg, const resolve_rule_t *r)
+{
+	loader_t *l = arg;
+	const char *err = NULL;
+
+	if (snap_model_rule_put(l->model, r->id, r->account_id, r->ranges, r->nranges, r->port,
+	                        r->tech_prefix, r->active, r->direction, &err) < 0) {
+		log_debug("dns_not_applied", "id=%lld reason=%s", (long long)r->id, err);
+		return;
+	}
+	mark_dirty(l, PUB_DNS, now_us());
+	if (!event_pending(l->coalesce_ev, EV_TIMEOUT, NULL))
+		arm_timer(l->coalesce_ev, l->c->cfg.coalesce_ms);
+}
+
+static void dns_failed(void *arg)
+{
+	loader_t *l = arg;
+
+	atomic_fetch_add(&l->sh->dns_failures, 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* the snapshot file                                                  */
+
+/*
+ * An empty model and resolver. Empty is not a snapshot anyone may see (it
+ * would refuse every customer), so it stays mixed until something fills it.
+ */
+static int model_reset(loader_t *l)
+{
+	snap_model_t *m = snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules);
+
+	if (m == NULL)
+		return -1;
+	snap_model_free(l->model);
+	l->model = m;
+	resolve_mark_begin(l->resolve);
+	resolve_sweep(l->resolve);
+	l->mixed = 1;
+	l->dirty = 0;
+	l->pub_kind = PUB_NONE;
+	l->dirty_since_us = 0;
+	return 0;
+}
+
+static void file_loaded(loader_t *l, const snapfile_info_t *info)
+{
+	uint64_t now = tg_wall_ms();
+
+	log_notice("snapshot_loaded_from_file", "path=%s accounts=%llu ip_rules=%llu age_s=%llu",
+	           l->c->cfg.snapshot_file, (unsigned long long)info->naccounts,
+	           (unsigned long long)info->nrules,
+	           (unsigned long long)(now > info->built_ms ? (now - info->built_ms) / 1000 : 0));
+	mark_dirty(l, PUB_FILE, now_us());
+	l->data_ms = info->built_ms;
+	l->pub_changes = info->naccounts + info->nrules;
+	atomic_store(&l->sh->hostname_rules, resolve_count(l->resolve));
+	publish_try(l);
+}
+
+/*
+ * The database is out of reach before anything was loaded from it: serve
+ * the snapshot file, once. Not when workers already hold a snapshot (a
+ * respawned loader): that is at least as new as any file we wrote.
+ */
+static void file_fallback(loader_t *l)
+{
+	const char *path = l->c->cfg.snapshot_file;
+	char reason[LOADER_REASON_MAX];
+	snapfile_info_t info;
+
+	if (l->file_tried || l->synced || path[0] == '\0')
+		return;
+	l->file_tried = 1;
+	if (atomic_load(&l->shm->snapctl->generation) != 0) {
+		log_info("snapshot_file_skipped", "path=%s reason=%s", path,
+		         "workers hold a snapshot already");
+		return;
+	}
+	if (model_reset(l) < 0) {
+		log_errorx("snapshot_file_rejected", "path=%s reason=%s", path, "out of memory");
+		return;
+	}
+	if (loader_file_load(path, l->model, l->resolve, l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules,
+	                     &info, reason, sizeof(reason)) == 0) {
+		l->mixed = 0;
+		file_loaded(l, &info);
+		return;
+	}
+	if (errno == ENOENT)
+		log_notice("snapshot_file_absent", "path=%s", path);
+	else
+		log_errorx("snapshot_file_rejected", "path=%s reason=%s", path, reason);
+	/* What the file put in before it failed goes; a failed reset keeps a model that stays mixed. */
+	model_reset(l);
+}
+
+static void save_log(loader_t *l, int status, uint64_t ms)
+{
+	const char *path = l->c->cfg.snapshot_file;
+	struct stat st;
+
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		atomic_fetch_add(&l->sh->snapshot_saves, 1);
+		log_info("snapshot_saved", "path=%s accounts=%u ip_rules=%u bytes=%lld ms=%llu fork_us=%llu",
+		         path, l->save_accounts, l->save_rules,
+		         stat(path, &st) == 0 ? (long long)st.st_size : -1LL, (unsigned long long)ms,
+		         (unsigned long long)l->save_fork_us);
+		return;
+	}
+	atomic_fetch_add(&l->sh->snapshot_save_failures, 1);
+	if (WIFEXITED(status))
+		log_warnx("snapshot_save_failed", "path=%s reason=%s", path, strerror(WEXITSTATUS(status)));
+	else
+		log_warnx("snapshot_save_failed", "path=%s reason=%s signal=%d", path, "killed",
+		          WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+/* In the forked child: write, and say how it went in the exit status (an errno). */
+static void save_child(loader_t *l, pid_t loader)
+{
+	int rc;
+
+	/*
+	 * Dies with the loader, so a respawned one never races a leftover
+	 * writer. The loader's libevent handlers write to a socket the loader
+	 * still reads: a signal here must not look like one there.
+	 */
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	signal(SIGUSR1, SIG_DFL);
+	signal(SIGCHLD, SIG_DFL);
+	prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+	if (getppid() != loader)
+		_exit(ESRCH);
+	rc = loader_file_save(l->c->cfg.snapshot_file, l->model, l->resolve, l->data_ms, NULL);
+	_exit(rc == 0 ? 0 : (errno > 0 && errno < 256 ? errno : EIO));
+}
+
+static void save_start(loader_t *l)
+{
+	pid_t loader = getpid(), pid;
+	uint64_t t0 = now_us();
+
+	l->save_started_ms = tg_now_ms();
+	l->save_accounts = snap_model_naccounts(l->model);
+	l->save_rules = snap_model_nrules(l->model);
+	pid = fork();
+	if (pid < 0) {
+		log_warn("snapshot_save_failed", "path=%s call=%s", l->c->cfg.snapshot_file, "fork()");
+		arm_timer(l->save_ev, l->c->cfg.save_interval_ms);
+		return;
+	}
+	if (pid == 0)
+		save_child(l, loader);
+	l->save_fork_us = now_us() - t0;
+	l->save_pid = pid;
+	l->save_dirty = 0;
+}
+
+/*
+ * After a publish: write now, or when save_interval_ms has passed since
+ * the last write began. Only a published, whole model is written.
+ */
+static void save_schedule(loader_t *l)
+{
+	uint64_t now = tg_now_ms(), next = l->save_started_ms + l->c->cfg.save_interval_ms;
+
+	if (!l->save_dirty || l->save_pid > 0 || l->c->cfg.snapshot_file[0] == '\0')
+		return;
+	if (l->applying || l->mixed || l->dirty || (l->save_started_ms != 0 && now < next)) {
+		if (!event_pending(l->save_ev, EV_TIMEOUT, NULL))
+			arm_timer(l->save_ev, l->save_started_ms != 0 && now < next
+			                              ? (uint32_t)(next - now)
+			                              : l->c->cfg.save_interval_ms);
+		return;
+	}
+	save_start(l);
+}
+
+static void save_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	save_schedule(arg);
+}
+
+static void child_cb(evutil_socket_t sig, short what, void *arg)
+{
+	loader_t *l = arg;
+	int status;
+	pid_t pid;
+
+	(void)sig;
+	(void)what;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (pid != l->save_pid)
+			continue;
+		l->save_pid = 0;
+		save_log(l, status, tg_now_ms() - l->save_started_ms);
+	}
+	save_schedule(l);
+}
+
+/* SIGTERM: the write in progress ends, then what was published since is written too. */
+static void save_at_exit(loader_t *l)
+{
+	uint64_t t0 = tg_now_ms();
+	int status;
+
+	if (l->save_pid > 0 && waitpid(l->save_pid, &status, 0) == l->save_pid)
+		save_log(l, status, tg_now_ms() - l->save_started_ms);
+	l->save_pid = 0;
+	if (!l->save_dirty || l->applying || l->mixed || l->c->cfg.snapshot_file[0] == '\0')
+		return;
+	l->save_accounts = snap_model_naccounts(l->model);
+	l->save_rules = snap_model_nrules(l->model);
+	l->save_fork_us = 0;
+	if (loader_file_save(l->c->cfg.snapshot_file, l->model, l->resolve, l->data_ms, NULL) == 0)
+		status = 0;
+	else
+		status = (errno > 0 && errno < 256 ? errno : EIO) << 8;
+	save_log(l, status, tg_now_ms() - t0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -953,16 +1731,17 @@ static void on_stop(evutil_socket_t sig, short what, void *arg)
 
 	(void)sig;
 	(void)what;
+	save_at_exit(l);
 	event_base_loopbreak(l->base);
 }
 
 static void on_reopen(evutil_socket_t sig, short what, void *arg)
 {
+	loader_t *l = arg;
+
 	(void)sig;
 	(void)what;
-	(void)arg;
-	if (tg_log_reopen() < 0)
-		log_error("log_reopen_failed", "call=%s", "tg_log_reopen()");
+	proc_log_reopen(l->c);
 }
 
 /* A new conninfo: drop the old connection, whatever it was doing, and start over now. */
@@ -970,14 +1749,8 @@ static void db_switch(loader_t *l)
 {
 	conn_close(l);
 	atomic_store(&l->sh->db_connected, 0);
-	if (l->build != NULL) {
-		/* Not a failure: the load on the new connection answers for it. */
-		if (l->load_gen > l->want_gen)
-			l->want_gen = l->load_gen;
-		snap_builder_free(l->build);
-		l->build = NULL;
-		l->load_gen = 0;
-	}
+	/* Not a failure: the load on the new connection answers for it. */
+	sync_abandon(l, 0);
 	log_notice("db_reconnecting", "reason=%s", "database changed");
 	l->backoff_ms = retry_min_ms(l);
 	db_connect(l);
@@ -985,8 +1758,8 @@ static void db_switch(loader_t *l)
 
 /*
  * Resync on the new configuration. CONNECTING and CHECKING need nothing:
- * the load that follows starts after this signal. LOADING finishes the
- * current load, then enter_idle() sees want_gen and loads again.
+ * the load that follows starts after this signal. SYNCING finishes the
+ * current sync, then enter_idle() sees want_gen and loads again.
  */
 static void on_reload(evutil_socket_t sig, short what, void *arg)
 {
@@ -999,6 +1772,7 @@ static void on_reload(evutil_socket_t sig, short what, void *arg)
 	if (shm_config_read(l->shm, &l->c->cfg_gen, &l->c->cfg))
 		tg_log_set_level(l->c->cfg.log_level);
 	atomic_store(&l->c->slot->config_gen, l->c->cfg_gen);
+	resolve_configure(l->resolve, l->c->cfg.hosts_file, l->c->cfg.dns_refresh_s);
 	if (l->backoff_ms < retry_min_ms(l) || l->backoff_ms > retry_max_ms(l))
 		l->backoff_ms = retry_min_ms(l);
 	l->want_gen = l->c->cfg_gen;
@@ -1020,20 +1794,38 @@ static int add_signal(loader_t *l, int sig, event_callback_fn cb)
 	return ev != NULL && event_add(ev, NULL) == 0 ? 0 : -1;
 }
 
-static int loader_setup(loader_t *l)
+static int loader_alloc(loader_t *l)
 {
+	resolve_hooks_t hooks = {dns_changed, dns_failed, l};
+
 	l->io = event_new(l->base, -1, 0, io_cb, l);
 	l->retry = evtimer_new(l->base, retry_cb, l);
 	l->timeout = evtimer_new(l->base, timeout_cb, l);
 	l->publish_ev = evtimer_new(l->base, publish_cb, l);
-	if (l->io == NULL || l->retry == NULL || l->timeout == NULL || l->publish_ev == NULL)
+	l->coalesce_ev = evtimer_new(l->base, coalesce_cb, l);
+	l->save_ev = evtimer_new(l->base, save_cb, l);
+	l->model = snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules);
+	l->resolve = resolve_new(l->base, &hooks);
+	l->collect = pending_new(LOADER_DELTA_MAX);
+	l->batch = pending_new(LOADER_DELTA_MAX);
+	return l->io != NULL && l->retry != NULL && l->timeout != NULL && l->publish_ev != NULL &&
+	                       l->coalesce_ev != NULL && l->save_ev != NULL && l->model != NULL &&
+	                       l->resolve != NULL && l->collect != NULL && l->batch != NULL
+	               ? 0
+	               : -1;
+}
+
+static int loader_setup(loader_t *l)
+{
+	if (loader_alloc(l) < 0)
 		return -1;
+	resolve_configure(l->resolve, l->c->cfg.hosts_file, l->c->cfg.dns_refresh_s);
 	/*
 	 * SIGINT stays ignored as the master set it: a terminal's Ctrl-C reaches
 	 * the whole group, and the master turns it into an orderly SIGTERM.
 	 */
 	if (add_signal(l, SIGTERM, on_stop) < 0 || add_signal(l, SIGHUP, on_reload) < 0 ||
-	    add_signal(l, SIGUSR1, on_reopen) < 0)
+	    add_signal(l, SIGUSR1, on_reopen) < 0 || add_signal(l, SIGCHLD, child_cb) < 0)
 		return -1;
 	proc_watch_parent(l->base, l->c);
 	return 0;
@@ -1043,13 +1835,18 @@ static void loader_cleanup(loader_t *l)
 {
 	conn_close(l);
 	atomic_store(&l->sh->db_connected, 0);
-	snap_builder_free(l->build);
-	snap_builder_free(l->pending);
+	params_free(l);
+	resolve_free(l->resolve);
+	snap_model_free(l->model);
+	pending_free(l->collect);
+	pending_free(l->batch);
 	/* event_base_free() unhooks the signal events; the process exits right after. */
 	event_free(l->io);
 	event_free(l->retry);
 	event_free(l->timeout);
 	event_free(l->publish_ev);
+	event_free(l->coalesce_ev);
+	event_free(l->save_ev);
 	event_base_free(l->base);
 }
 
@@ -1071,6 +1868,8 @@ int loader_main(tg_child_t *c)
 		log_errorx("loader_setup_failed", "call=%s", "libevent");
 		return 1;
 	}
+	if (c->cfg.snapshot_file[0] != '\0')
+		snapfile_clean_tmp(c->cfg.snapshot_file);
 	db_connect(&l);
 	atomic_store(&c->slot->serving, 1);
 	rc = event_base_dispatch(l.base);

@@ -63,6 +63,8 @@ my @good = (
 	'2001:db8::/32',
 	'2001:db8::1-2001:db8::ff',
 	'::1',
+	'sbc1.example.com',
+	'pbx-2.carrier.example.',
 );
 for my $a (@good) {
 	my ($rc, $out, $err) = $pg->psql_try(sprintf(
@@ -75,7 +77,9 @@ is($pg->psql("select count(*) from tollgate.ip_rules where account_id = $cust"),
 
 my @bad = (
 	'',
-	'hello',
+	'exa mple.com',
+	'-bad.example.com',
+	'bad_host!.example.com',
 	'1.2.3',
 	'256.1.1.1',
 	'1.2.3.4.5',
@@ -90,7 +94,6 @@ my @bad = (
 	'2001:db8::/129',
 	'2001:db8::1/255.255.255.0',
 	'2001:db8:::1',
-	'example.com',
 );
 my $count = $pg->psql('select count(*) from tollgate.ip_rules');
 for my $a (@bad) {
@@ -101,6 +104,10 @@ for my $a (@bad) {
 	like($err, qr/ERROR:.*"\Q$a\E"/, "... with a message naming it") and note "'$a': " . ($err =~ /(ERROR:[^\n]*)/)[0];
 }
 is($pg->psql('select count(*) from tollgate.ip_rules'), $count, 'refused addresses stored nothing');
+is($pg->psql("select host_name from tollgate.ip_rules where address = 'pbx-2.carrier.example.'"),
+    'pbx-2.carrier.example', 'a host name is stored lower case, without its trailing dot, for the loader to resolve');
+is($pg->psql("select count(*) from tollgate.ip_rules where address = 'sbc1.example.com' and addr_first is null"),
+    1, '... with no address range until then');
 
 # an UPDATE to a bad address is refused too, and the old one stays
 my ($one) = $pg->psql("select id from tollgate.ip_rules where address = '192.0.2.1'");

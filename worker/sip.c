@@ -377,13 +377,13 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	int initial = !has_to_tag(msg);
 	int r;
 
-	if (w->snap == NULL) {
+	if (w->snap.head == NULL) {
 		refuse(w, p, msg, SHM_R_NO_PROVISIONING, 403, "Forbidden", NULL);
 		return;
 	}
 	/* in-dialog requests carry the far end's Contact, not the dialled number: no tech prefix there */
 	user = initial ? (msg->req_uri->username ? msg->req_uri->username : "") : NULL;
-	r = snap_lookup(w->snap, &p->src_ip, p->src_port, user, user ? strlen(user) : 0, SNAP_DIR_INGRESS,
+	r = snap_lookup(&w->snap, &p->src_ip, p->src_port, user, user ? strlen(user) : 0, SNAP_DIR_INGRESS,
 	                &mt);
 	if (r == SNAP_NO_ADDRESS) {
 		refuse(w, p, msg, SHM_R_UNKNOWN_SOURCE, 403, "Forbidden", NULL);

@@ -97,11 +97,10 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 			log_warn("recv_failed", "call=%s", "recvmmsg()");
 		return;
 	}
-	/* the snapshot is held for this batch only: the loader may need the other arena right after */
-	wk.w.snap = snap_acquire(wk.w.c->shm, wk.w.c->slot);
+	/* the snapshot is held for this batch only: the loader may need its arenas right after */
+	snap_acquire(wk.w.c->shm, wk.w.c->slot, &wk.w.snap);
 	batch_handle(lidx, n);
-	snap_release(wk.w.c->slot);
-	wk.w.snap = NULL;
+	snap_release(wk.w.c->slot, &wk.w.snap);
 }
 
 static void on_stop(evutil_socket_t sig, short what, void *arg)
@@ -135,7 +134,7 @@ static void on_reopen(evutil_socket_t sig, short what, void *arg)
 	(void)sig;
 	(void)what;
 	(void)arg;
-	tg_log_reopen();
+	proc_log_reopen(wk.w.c);
 }
 
 static int add_signal(int sig, event_callback_fn cb)

@@ -18,7 +18,7 @@
 typedef struct worker {
 	tg_child_t *c;
 	shm_stats_sh_t *stats; /* this worker's counters */
-	const snap_sh_t *snap; /* held for the current batch, or NULL */
+	snap_view_t snap;      /* held for the current batch; snap.head NULL when none */
 	/* each listener's advertised address, parsed once per config */
 	struct sockaddr_storage adv[TG_MAX_LISTEN];
 	int adv_numeric[TG_MAX_LISTEN];

@@ -1,8 +1,12 @@
 /*
- * shm/snapshot.c: which rule a source gets (most specific wins, the
- * refusals a customer would see), the arena layout limits, and the
- * two-arena publish protocol, on a fake shared-memory segment made from
- * one malloc'ed region, with a reader thread racing a writer.
+ * shm/snapshot.c and shm/snapmodel.c: which rule a source gets (most
+ * specific wins, the refusals a customer would see), whether a rule lives
+ * in the base or the overlay, the arena limits, the checksums, the
+ * loader's model (row changes, mark and sweep, slots), and the publish
+ * protocol with its busy answers, all on a real shared-memory segment
+ * made by shm_create(). A randomized run of puts and deletes checks every
+ * published view against a linear scan and against a fresh single-level
+ * build of the same rows.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -14,12 +18,19 @@
 #include <sys/socket.h>
 
 #include "lib/addr.h"
+#include "lib/clock.h"
+#include "lib/log.h"
+#include "master/config.h"
 #include "shm/snapshot.h"
+#include "shm/snapshot_int.h"
 #include "t/unit/tap.h"
 
-#define ARENA_SIZE (64u << 20)
+#define CAP_ACCOUNTS 1000
+#define CAP_RULES    20000
 
-static void *arena_a, *arena_b;
+static shm_t shm, shm2; /* shm2: where fresh single-level builds go, to compare with */
+static snap_view_t view, view2;
+static snap_publish_stats_t last; /* of the last publish_view() */
 
 static tg_range_t range_of(const char *s)
 {
@@ -41,39 +52,51 @@ static tg_ip_t ip_of(const char *s)
 	return ip;
 }
 
-static void account(snap_builder_t *b, int64_t id, int active)
+static void account(snap_model_t *m, int64_t id, int active)
 {
 	char name[32];
 	const char *err = NULL;
 
 	snprintf(name, sizeof(name), "acct%lld", (long long)id);
-	if (snap_builder_account(b, id, name, active, 0, 0, &err) < 0)
+	if (snap_model_account_put(m, id, name, active, 0, 0, &err) < 0)
 		printf("# test bug: account %lld: %s\n", (long long)id, err);
 }
 
-static void rule(snap_builder_t *b, int64_t id, int64_t acct, const char *range, uint16_t port,
+static void rule(snap_model_t *m, int64_t id, int64_t acct, const char *range, uint16_t port,
                  const char *prefix, int active, unsigned dir)
 {
 	tg_range_t r = range_of(range);
 	const char *err = NULL;
 
-	if (snap_builder_rule(b, id, acct, &r, port, prefix, active, dir, &err) < 0)
+	if (snap_model_rule_put(m, id, acct, &r, 1, port, prefix, active, dir, &err) < 0)
 		printf("# test bug: rule %lld: %s\n", (long long)id, err);
 }
 
 /* Simple rule: active, any port, no prefix, both directions. */
-static void rule_plain(snap_builder_t *b, int64_t id, int64_t acct, const char *range)
+static void rule_plain(snap_model_t *m, int64_t id, int64_t acct, const char *range)
 {
-	rule(b, id, acct, range, 0, "", 1, SNAP_DIR_BOTH);
+	rule(m, id, acct, range, 0, "", 1, SNAP_DIR_BOTH);
 }
 
-static const snap_sh_t *build(snap_builder_t *b, void *arena)
+/* Publish (base: always a compaction) into sh and hold the new view as worker 0 there. */
+static const snap_view_t *publish_in(shm_t *sh, snap_view_t *v, snap_model_t *m, int base)
 {
-	size_t n = snap_builder_write(b, arena, ARENA_SIZE, 1, 0);
+	shm_proc_sh_t *w0 = &sh->procs[SHM_PROC_WORKER(0)];
+	int rc;
 
-	if (n == 0)
-		printf("# build failed: errno %d\n", errno);
-	return n ? arena : NULL;
+	snap_release(w0, v);
+	rc = base ? snap_model_publish_base(m, sh, 1234, &last) : snap_model_publish(m, sh, 1234, &last);
+	if (rc != 0) {
+		printf("# publish failed: rc %d errno %d\n", rc, errno);
+		return NULL;
+	}
+	snap_acquire(sh, w0, v);
+	return v;
+}
+
+static const snap_view_t *publish_view(snap_model_t *m, int base)
+{
+	return publish_in(&shm, &view, m, base);
 }
 
 static const char *result_name(int r)
@@ -87,18 +110,18 @@ static const char *result_name(int r)
  * Looks up ip:port with user (NULL for none) in direction dir and checks
  * the result and, for MATCH and ACCOUNT_INACTIVE, the rule id.
  */
-static void expect(const snap_sh_t *s, const char *ip, uint16_t port, const char *user, unsigned dir,
+static void expect(const snap_view_t *v, const char *ip, uint16_t port, const char *user, unsigned dir,
                    int want, int64_t want_rule, const char *what)
 {
 	tg_ip_t a = ip_of(ip);
 	snap_match_t m;
 
-	if (s == NULL) {
+	if (v == NULL || v->head == NULL) {
 		ok(0, "%s: no snapshot", what);
 		return;
 	}
 
-	int got = snap_lookup(s, &a, port, user, user ? strlen(user) : 0, dir, &m);
+	int got = snap_lookup(v, &a, port, user, user ? strlen(user) : 0, dir, &m);
 	int64_t got_rule = m.rule ? m.rule->id : -1;
 	int same = got == want && (want == SNAP_NO_ADDRESS || want == SNAP_NO_FIT || got_rule == want_rule);
 
@@ -108,47 +131,51 @@ static void expect(const snap_sh_t *s, const char *ip, uint16_t port, const char
 		printf("#   got %s rule %lld\n", result_name(got), (long long)got_rule);
 }
 
-static void test_basic_matching(void)
+/* ------------------------------------------------------------------ */
+/* precedence and edges, in the base, in the overlay, and split        */
+
+static const int64_t basic_ids[] = {1,  10, 11, 12, 20, 21, 22, 23, 30, 31, 32, 40, 41,
+                                    50, 60, 61, 62, 63, 70, 71, 80, 81, 82, 90, 91, 92};
+
+static void basic_accounts(snap_model_t *m)
 {
-	snap_builder_t *b = snap_builder_new();
-	const snap_sh_t *s;
-
 	for (int i = 1; i <= 9; i++)
-		account(b, i, 1);
-	account(b, 100, 0); /* inactive */
-	rule_plain(b, 1, 1, "1.2.3.4");
-	rule_plain(b, 10, 1, "10.0.0.0/8");
-	rule_plain(b, 11, 2, "10.1.0.0/16");
-	rule_plain(b, 12, 3, "10.1.2.0/24");
-	rule_plain(b, 20, 1, "11.1.1.1");
-	rule(b, 21, 2, "11.1.1.1", 5070, "", 1, SNAP_DIR_BOTH);
-	rule_plain(b, 22, 3, "11.2.2.2");
-	rule(b, 23, 4, "11.2.2.0/24", 5080, "", 1, SNAP_DIR_BOTH);
-	rule(b, 30, 1, "12.3.3.3", 0, "99", 1, SNAP_DIR_BOTH);
-	rule(b, 31, 2, "12.3.3.3", 0, "9912", 1, SNAP_DIR_BOTH);
-	rule_plain(b, 32, 3, "12.3.3.3");
-	rule(b, 40, 4, "13.4.4.4", 0, "11", 1, SNAP_DIR_BOTH);
-	rule(b, 41, 5, "13.4.4.4", 0, "22", 1, SNAP_DIR_BOTH);
-	rule(b, 50, 1, "14.5.5.5", 5060, "", 1, SNAP_DIR_BOTH);
-	rule_plain(b, 60, 1, "15.6.6.0/24");
-	rule_plain(b, 61, 2, "15.6.6.6");
-	rule(b, 62, 2, "15.6.6.7", 0, "", 0, SNAP_DIR_BOTH);
-	rule(b, 63, 2, "15.6.7.7", 0, "", 0, SNAP_DIR_BOTH);
-	rule_plain(b, 70, 100, "16.7.7.7");
-	rule_plain(b, 71, 1, "16.7.7.0/24");
-	rule(b, 80, 1, "17.8.8.8", 0, "", 1, SNAP_DIR_INGRESS);
-	rule(b, 81, 2, "17.8.8.8", 0, "", 1, SNAP_DIR_EGRESS);
-	rule(b, 82, 2, "17.8.8.9", 0, "", 1, SNAP_DIR_EGRESS);
-	rule_plain(b, 90, 1, "18.9.9.10-18.9.9.20");
-	rule_plain(b, 91, 1, "2001:db8::/32");
-	rule_plain(b, 92, 1, "2001:db8:1::10-2001:db8:1::20");
-	s = build(b, arena_a);
-	if (s == NULL) {
-		snap_builder_free(b);
-		return;
-	}
-	is_int(s->nrules, snap_builder_nrules(b), "every rule is in the rules array");
+		account(m, i, 1);
+	account(m, 100, 0); /* inactive */
+}
 
+static void basic_rules(snap_model_t *m)
+{
+	rule_plain(m, 1, 1, "1.2.3.4");
+	rule_plain(m, 10, 1, "10.0.0.0/8");
+	rule_plain(m, 11, 2, "10.1.0.0/16");
+	rule_plain(m, 12, 3, "10.1.2.0/24");
+	rule_plain(m, 20, 1, "11.1.1.1");
+	rule(m, 21, 2, "11.1.1.1", 5070, "", 1, SNAP_DIR_BOTH);
+	rule_plain(m, 22, 3, "11.2.2.2");
+	rule(m, 23, 4, "11.2.2.0/24", 5080, "", 1, SNAP_DIR_BOTH);
+	rule(m, 30, 1, "12.3.3.3", 0, "99", 1, SNAP_DIR_BOTH);
+	rule(m, 31, 2, "12.3.3.3", 0, "9912", 1, SNAP_DIR_BOTH);
+	rule_plain(m, 32, 3, "12.3.3.3");
+	rule(m, 40, 4, "13.4.4.4", 0, "11", 1, SNAP_DIR_BOTH);
+	rule(m, 41, 5, "13.4.4.4", 0, "22", 1, SNAP_DIR_BOTH);
+	rule(m, 50, 1, "14.5.5.5", 5060, "", 1, SNAP_DIR_BOTH);
+	rule_plain(m, 60, 1, "15.6.6.0/24");
+	rule_plain(m, 61, 2, "15.6.6.6");
+	rule(m, 62, 2, "15.6.6.7", 0, "", 0, SNAP_DIR_BOTH);
+	rule(m, 63, 2, "15.6.7.7", 0, "", 0, SNAP_DIR_BOTH);
+	rule_plain(m, 70, 100, "16.7.7.7");
+	rule_plain(m, 71, 1, "16.7.7.0/24");
+	rule(m, 80, 1, "17.8.8.8", 0, "", 1, SNAP_DIR_INGRESS);
+	rule(m, 81, 2, "17.8.8.8", 0, "", 1, SNAP_DIR_EGRESS);
+	rule(m, 82, 2, "17.8.8.9", 0, "", 1, SNAP_DIR_EGRESS);
+	rule_plain(m, 90, 1, "18.9.9.10-18.9.9.20");
+	rule_plain(m, 91, 1, "2001:db8::/32");
+	rule_plain(m, 92, 1, "2001:db8:1::10-2001:db8:1::20");
+}
+
+static void basic_expect(const snap_view_t *s)
+{
 	const unsigned in = SNAP_DIR_INGRESS, out = SNAP_DIR_EGRESS;
 
 	expect(s, "1.2.3.4", 5060, NULL, in, SNAP_MATCH, 1, "single IP");
@@ -233,28 +260,97 @@ static void test_basic_matching(void)
 	tg_ip_t a = ip_of("1.2.3.4");
 
 	is_int(snap_lookup(s, &a, 5060, NULL, 0, in, NULL), SNAP_MATCH, "lookup without a match struct");
-	snap_builder_free(b);
+}
+
+/* Every rule in the base. */
+static void test_basic_in_base(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	const snap_view_t *v;
+
+	basic_accounts(m);
+	basic_rules(m);
+	v = publish_view(m, 1);
+	if (v == NULL)
+		goto out;
+	printf("# every rule in the base\n");
+	is_int(snap_model_nrules(m), 26, "the model holds every rule, active or not");
+	is_int(v->base->nrules, 24, "the base holds the 24 active rules");
+	ok(v->head->overlay.nentries == 0 && v->head->ntombs == 0, "a compaction leaves the overlay empty");
+	is_int(last.kind, SNAP_PUBLISH_COMPACTION, "publish_base compacts");
+	basic_expect(v);
+out:
+	snap_model_free(m);
+}
+
+/* Accounts in the base, every rule arriving afterwards as a delta. */
+static void test_basic_in_overlay(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	const snap_view_t *v;
+
+	basic_accounts(m);
+	publish_view(m, 1);
+	basic_rules(m);
+	v = publish_view(m, 0);
+	if (v == NULL)
+		goto out;
+	printf("# every rule in the overlay\n");
+	is_int(last.kind, SNAP_PUBLISH_DELTA, "rules added after the base go out as a delta");
+	ok(v->base->index.nentries == 0 && v->head->overlay.nentries == 24 && last.overlay_rules == 24,
+	   "the base is empty, the overlay holds the 24 active rules");
+	basic_expect(v);
+out:
+	snap_model_free(m);
+}
+
+/* Everything in the base, then every other rule deleted and put again: those are tombstoned and in the
+ * overlay. */
+static void test_basic_split(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	const snap_view_t *v;
+
+	basic_accounts(m);
+	basic_rules(m);
+	publish_view(m, 1);
+	/* Every other id: 13 rules, 12 of them active (63 is not, so the base never held it). */
+	for (size_t i = 0; i < sizeof(basic_ids) / sizeof(basic_ids[0]); i += 2)
+		snap_model_rule_del(m, basic_ids[i]);
+	basic_rules(m);
+	v = publish_view(m, 0);
+	if (v == NULL)
+		goto out;
+	printf("# rules split between the base and the overlay\n");
+	ok(last.kind == SNAP_PUBLISH_DELTA && v->head->ntombs == 12 && last.overlay_rules == 12,
+	   "12 ids tombstoned, the same 12 back in the overlay (got %u tombs, %u rules)", v->head->ntombs,
+	   last.overlay_rules);
+	basic_expect(v);
+	basic_rules(m);
+	publish_view(m, 0);
+	ok(last.overlay_rules == 12 && v->head->ntombs == 12, "putting identical rows again changes nothing");
+out:
+	snap_model_free(m);
 }
 
 static void test_whole_space(void)
 {
-	snap_builder_t *b = snap_builder_new();
-	const snap_sh_t *s;
-
-	account(b, 1, 1);
-	rule_plain(b, 1, 1, "::/0");
-	rule_plain(b, 2, 1, "::ffff:0:0/96");
-	rule_plain(b, 3, 1,
-	           "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
-	rule_plain(b, 4, 1, "::-::3");
-	rule_plain(b, 5, 1, "2001:db8::/64");
-	s = build(b, arena_a);
-	if (s == NULL) {
-		snap_builder_free(b);
-		return;
-	}
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	const snap_view_t *s;
 	const unsigned in = SNAP_DIR_INGRESS;
 
+	account(m, 1, 1);
+	rule_plain(m, 1, 1, "::/0");
+	rule_plain(m, 2, 1, "::ffff:0:0/96");
+	rule_plain(m, 3, 1,
+	           "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+	rule_plain(m, 4, 1, "::-::3");
+	rule_plain(m, 5, 1, "2001:db8::/64");
+	s = publish_view(m, 1);
+	if (s == NULL) {
+		snap_model_free(m);
+		return;
+	}
 	expect(s, "::", 1, NULL, in, SNAP_MATCH, 4, ":: is in the rule starting at ::");
 	expect(s, "::3", 1, NULL, in, SNAP_MATCH, 4, "::3, its last");
 	expect(s, "::4", 1, NULL, in, SNAP_MATCH, 1, "::4 falls back to ::/0");
@@ -270,31 +366,39 @@ static void test_whole_space(void)
 	expect(s, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0", 1, NULL, in, SNAP_MATCH, 3, "top range first");
 	expect(s, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1, NULL, in, SNAP_MATCH, 3,
 	       "the all-ones address");
-	ok(s->nivals == 7,
+	ok(s->base->index.nivals == 7,
 	   "seven intervals: ::, ::4, the v4 space, after it, the /64, after it, the top (got %u)",
-	   s->nivals);
-	snap_builder_free(b);
+	   s->base->index.nivals);
+	ok(s->base->index.ncands == 11 && !s->base->index.truncated,
+	   "base lists are not cut after a catch-all: ::/0 stays behind the others (%u candidates)",
+	   s->base->index.ncands);
+	snap_model_free(m);
 
-	/* A rule ending at the top with nothing else, and an empty builder. */
-	b = snap_builder_new();
-	account(b, 1, 1);
-	rule_plain(b, 1, 1, "ffff::/16");
-	s = build(b, arena_a);
+	/* A rule ending at the top with nothing else, and an empty model. */
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	account(m, 1, 1);
+	rule_plain(m, 1, 1, "ffff::/16");
+	s = publish_view(m, 1);
 	expect(s, "ffff::", 1, NULL, in, SNAP_MATCH, 1, "only a rule at the top: first");
 	expect(s, "fffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1, NULL, in, SNAP_NO_ADDRESS, 0, "below it");
-	snap_builder_free(b);
+	snap_model_free(m);
 
-	b = snap_builder_new();
-	s = build(b, arena_a);
-	ok(s != NULL && s->nrules == 0 && s->nivals == 1, "an empty builder gives one empty interval");
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	s = publish_view(m, 0);
+	ok(s != NULL && last.kind == SNAP_PUBLISH_COMPACTION && s->base->index.nentries == 0 &&
+	           s->base->index.nivals == 1 && s->head->naccounts == 0,
+	   "an empty model gives one empty interval, and its first publish is a compaction");
 	expect(s, "1.2.3.4", 1, NULL, in, SNAP_NO_ADDRESS, 0, "empty snapshot: no address");
-	snap_builder_free(b);
+	snap_model_free(m);
 }
 
-static void test_builder_errors(void)
+/* ------------------------------------------------------------------ */
+/* the model's refusals and bookkeeping                                */
+
+static void test_model_errors(void)
 {
-	snap_builder_t *b = snap_builder_new();
-	tg_range_t r = range_of("1.2.3.4");
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	tg_range_t r = range_of("1.2.3.4"), many[SNAP_MAX_RANGES + 1];
 	const char *err = NULL;
 	char longname[SNAP_NAME_MAX + 1];
 	char longprefix[SNAP_PREFIX_MAX + 1];
@@ -303,142 +407,480 @@ static void test_builder_errors(void)
 	longname[SNAP_NAME_MAX] = '\0';
 	memset(longprefix, '1', SNAP_PREFIX_MAX);
 	longprefix[SNAP_PREFIX_MAX] = '\0';
+	for (int i = 0; i <= SNAP_MAX_RANGES; i++) {
+		many[i] = r;
+		many[i].first.lo += (uint64_t)i * 2;
+		many[i].last = many[i].first;
+	}
 
-	is_int(snap_builder_account(b, 1, "one", 1, 10, 5, &err), 0, "account added");
-	is_int(snap_builder_account(b, 1, "again", 1, 0, 0, &err), -1, "duplicate account id refused");
-	is_str(err, "duplicate account id", "... with a reason");
-	is_int(snap_builder_account(b, 2, longname, 1, 0, 0, &err), -1, "name of 64 bytes refused");
+	is_int(snap_model_account_put(m, 1, "one", 1, 10, 5, &err), 0, "account added");
+	is_int(snap_model_account_put(m, 1, "uno", 1, 10, 5, &err), 0, "same id again: updated in place");
+	is_int(snap_model_naccounts(m), 1, "... still one account");
+	is_int(snap_model_account_put(m, 2, longname, 1, 0, 0, &err), -1, "name of 64 bytes refused");
 	is_str(err, "account name too long", "... with a reason");
 	longname[SNAP_NAME_MAX - 1] = '\0';
-	is_int(snap_builder_account(b, 2, longname, 1, 0, 0, &err), 0, "name of 63 bytes fits");
-	is_int(snap_builder_naccounts(b), 2, "two accounts");
+	is_int(snap_model_account_put(m, 2, longname, 1, 0, 0, &err), 0, "name of 63 bytes fits");
+	is_int(snap_model_naccounts(m), 2, "two accounts");
 
-	is_int(snap_builder_rule(b, 1, 99, &r, 0, "", 1, SNAP_DIR_BOTH, &err), -1, "unknown account refused");
+	is_int(snap_model_rule_put(m, 1, 99, &r, 1, 0, "", 1, SNAP_DIR_BOTH, &err), -1,
+	       "unknown account refused");
 	is_str(err, "unknown account", "... with a reason");
-	is_int(snap_builder_rule(b, 1, 1, &r, 0, longprefix, 1, SNAP_DIR_BOTH, &err), -1,
+	is_int(snap_model_rule_put(m, 1, 1, &r, 1, 0, longprefix, 1, SNAP_DIR_BOTH, &err), -1,
 	       "long prefix refused");
 	is_str(err, "tech prefix too long", "... with a reason");
-	is_int(snap_builder_rule(b, 1, 1, &r, 0, "", 1, 0, &err), -1, "direction 0 refused");
+	is_int(snap_model_rule_put(m, 1, 1, &r, 1, 0, "", 1, 0, &err), -1, "direction 0 refused");
 	is_str(err, "bad direction", "... with a reason");
-	is_int(snap_builder_rule(b, 1, 1, &r, 0, "", 1, 4, &err), -1, "direction 4 refused");
+	is_int(snap_model_rule_put(m, 1, 1, &r, 1, 0, "", 1, 4, &err), -1, "direction 4 refused");
+
 	tg_range_t rev = r;
 
 	rev.first.lo++;
-	is_int(snap_builder_rule(b, 1, 1, &rev, 0, "", 1, SNAP_DIR_BOTH, &err), -1, "reversed range refused");
+	is_int(snap_model_rule_put(m, 1, 1, &rev, 1, 0, "", 1, SNAP_DIR_BOTH, &err), -1,
+	       "reversed range refused");
 	is_str(err, "range end before start", "... with a reason");
 	rev = r;
 	rev.family = AF_UNIX;
-	is_int(snap_builder_rule(b, 1, 1, &rev, 0, "", 1, SNAP_DIR_BOTH, &err), -1, "bad family refused");
+	is_int(snap_model_rule_put(m, 1, 1, &rev, 1, 0, "", 1, SNAP_DIR_BOTH, &err), -1,
+	       "bad family refused");
+	is_int(snap_model_rule_put(m, 1, 1, many, SNAP_MAX_RANGES + 1, 0, "", 1, SNAP_DIR_BOTH, &err), -1,
+	       "17 ranges refused");
+	is_str(err, "too many ranges", "... with a reason");
+	is_int(snap_model_nrules(m), 0, "nothing refused went in");
 	longprefix[SNAP_PREFIX_MAX - 1] = '\0';
-	is_int(snap_builder_rule(b, 1, 1, &r, 0, longprefix, 1, SNAP_DIR_BOTH, &err), 0,
+	is_int(snap_model_rule_put(m, 1, 1, &r, 1, 0, longprefix, 1, SNAP_DIR_BOTH, &err), 0,
 	       "31-char prefix fits");
-	is_int(snap_builder_rule(b, 1, 2, &r, 0, "", 1, SNAP_DIR_BOTH, &err), -1,
-	       "duplicate rule id refused");
-	is_str(err, "duplicate rule id", "... with a reason");
-	is_int(snap_builder_rule(b, 2, 2, &r, 0, NULL, 1, SNAP_DIR_BOTH, NULL), 0,
+	is_int(snap_model_rule_put(m, 1, 2, &r, 1, 0, "", 1, SNAP_DIR_BOTH, &err), 0,
+	       "same rule id again: replaced, not refused");
+	is_int(snap_model_rule_put(m, 2, 2, &r, 1, 0, NULL, 1, SNAP_DIR_BOTH, NULL), 0,
 	       "NULL prefix and err are fine");
-	is_int(snap_builder_nrules(b), 2, "two rules");
+	is_int(snap_model_rule_put(m, 3, 2, many, SNAP_MAX_RANGES, 0, "", 1, SNAP_DIR_BOTH, &err), 0,
+	       "16 ranges fit");
+	is_int(snap_model_rule_put(m, 4, 2, NULL, 0, 0, "", 1, SNAP_DIR_BOTH, &err), 0,
+	       "no range (a host name not resolved yet) fits");
+	is_int(snap_model_nrules(m), 4, "four rules");
+	is_int(snap_model_rule_del(m, 99), -1, "deleting an unknown rule: -1");
+	is_int(errno, ENOENT, "... ENOENT");
+	is_int(snap_model_account_del(m, 99), -1, "deleting an unknown account: -1");
+	is_int(errno, ENOENT, "... ENOENT");
 
-	const snap_sh_t *s = build(b, arena_a);
+	const snap_view_t *s = publish_view(m, 1);
+	const snap_account_sh_t *a = s ? snap_accounts(s->head) : NULL;
 
-	ok(s && s->naccounts == 2 && snap_accounts(s)[0].max_channels == 10 &&
-	           snap_accounts(s)[0].max_cps == 5 && strcmp(snap_accounts(s)[1].name, longname) == 0,
-	   "accounts are written in the order added, with their limits");
-	ok(s && snap_rules(s)[0].id == 1 && snap_rules(s)[0].prefix_len == SNAP_PREFIX_MAX - 1 &&
-	           snap_rules(s)[1].account == 1,
-	   "rules are written in the order added, with account indices");
-	snap_builder_free(b);
-	snap_builder_free(NULL);
+	ok(a && s->head->naccounts == 2 && a[0].max_channels == 10 && a[0].max_cps == 5 &&
+	           strcmp(a[0].name, "uno") == 0 && strcmp(a[1].name, longname) == 0,
+	   "accounts take slots in the order added, with their limits");
+	ok(s && s->base->index.nentries == 1 + 1 + SNAP_MAX_RANGES && s->base->nrules == 3,
+	   "one entry per range: 18 entries for 3 rules, none for the rule without a range");
+	ok(s && snap_index_entries(s->base, &s->base->index)[0].account == 1,
+	   "entries name their account by slot: rule 1 moved to account 2, slot 1");
+	expect(s, "1.2.3.4", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 1,
+	       "the replaced rule matches (lower id)");
+	expect(s, "1.2.3.34", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 3,
+	       "a 16-address rule, its last address");
+	expect(s, "1.2.3.33", 1, NULL, SNAP_DIR_INGRESS, SNAP_NO_ADDRESS, 0, "... not between its addresses");
+	snap_model_free(m);
+	snap_model_free(NULL);
 }
 
-static snap_builder_t *sample_builder(int nrules)
+/* Changes after the base: what a tombstone hides, what the overlay adds, accounts as head-only changes. */
+static void test_delta_semantics(void)
 {
-	snap_builder_t *b = snap_builder_new();
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	const snap_view_t *s;
+	const unsigned in = SNAP_DIR_INGRESS;
+	tg_range_t three[3] = {range_of("40.0.0.1"), range_of("40.0.0.5"), range_of("2001:db8:40::1")};
+	tg_ip_t at = ip_of("33.0.0.1");
+	snap_match_t mt;
+
+	account(m, 1, 1);
+	account(m, 2, 1);
+	account(m, 3, 1);
+	rule_plain(m, 1, 1, "30.0.0.0/24");
+	rule_plain(m, 2, 2, "30.0.0.7"); /* a catch-all inside the /24 */
+	rule_plain(m, 3, 3, "31.0.0.1");
+	rule(m, 4, 1, "32.0.0.0/16", 0, "44", 1, SNAP_DIR_BOTH);
+	rule_plain(m, 5, 3, "33.0.0.1");
+	publish_view(m, 1);
+
+	snap_model_rule_del(m, 2);
+	s = publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_DELTA && last.head_bytes > 0 && last.tombstones == 1,
+	   "a rule deleted: a delta with one tombstone (%llu us, %zu bytes)",
+	   (unsigned long long)last.build_us, last.head_bytes);
+	expect(s, "30.0.0.7", 1, NULL, in, SNAP_MATCH, 1,
+	       "a deleted catch-all /32 uncovers the /24 behind it");
+
+	rule_plain(m, 3, 3, "31.0.0.2");
+	s = publish_view(m, 0);
+	expect(s, "31.0.0.1", 1, NULL, in, SNAP_NO_ADDRESS, 0, "a rule moved: its old address is gone");
+	expect(s, "31.0.0.2", 1, NULL, in, SNAP_MATCH, 3, "... and its new one matches");
+
+	rule_plain(m, 6, 2, "30.0.0.8");
+	s = publish_view(m, 0);
+	expect(s, "30.0.0.8", 1, NULL, in, SNAP_MATCH, 6, "an overlay /32 beats the base /24");
+	rule_plain(m, 6, 2, "30.0.0.0/16");
+	s = publish_view(m, 0);
+	expect(s, "30.0.0.8", 1, NULL, in, SNAP_MATCH, 1, "an overlay /16 loses to the base /24");
+	expect(s, "30.0.1.8", 1, NULL, in, SNAP_MATCH, 6, "... outside the /24 the /16 answers");
+
+	expect(s, "32.0.0.1", 1, "999", in, SNAP_NO_FIT, 0, "a prefix rule, other number: no fit");
+	snap_model_rule_del(m, 4);
+	s = publish_view(m, 0);
+	expect(s, "32.0.0.1", 1, "999", in, SNAP_NO_ADDRESS, 0,
+	       "its only rule deleted: no address, not no fit (a tombstoned entry is absent)");
+
+	snap_model_account_put(m, 3, "renamed", 0, 7, 0, NULL);
+	s = publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_DELTA && last.overlay_rules == 2,
+	   "an account change is a head-only delta: no rule entered the overlay");
+	expect(s, "33.0.0.1", 1, NULL, in, SNAP_ACCOUNT_INACTIVE, 5, "its base rule now finds it inactive");
+	snap_lookup(s, &at, 1, NULL, 0, in, &mt);
+	ok(mt.account && strcmp(mt.account->name, "renamed") == 0 && mt.account->max_channels == 7,
+	   "... under its new name and limits");
+
+	snap_model_rule_put(m, 7, 1, three, 3, 0, "", 1, SNAP_DIR_BOTH, NULL);
+	s = publish_view(m, 0);
+	expect(s, "40.0.0.5", 1, NULL, in, SNAP_MATCH, 7, "a host name's second address");
+	expect(s, "2001:db8:40::1", 1, NULL, in, SNAP_MATCH, 7, "... and its IPv6 one");
+	expect(s, "40.0.0.3", 1, NULL, in, SNAP_NO_ADDRESS, 0, "... not what lies between");
+	snap_model_rule_put(m, 7, 1, three, 1, 0, "", 1, SNAP_DIR_BOTH, NULL);
+	s = publish_view(m, 0);
+	expect(s, "40.0.0.5", 1, NULL, in, SNAP_NO_ADDRESS, 0, "re-resolved to one address: the others go");
+	snap_model_rule_put(m, 7, 1, NULL, 0, 0, "", 1, SNAP_DIR_BOTH, NULL);
+	s = publish_view(m, 0);
+	expect(s, "40.0.0.1", 1, NULL, in, SNAP_NO_ADDRESS, 0, "resolved to nothing: matches nothing");
+	snap_model_free(m);
+}
+
+/* An account's slot outlives it until a compaction; its rules go with it. */
+static void test_account_slots(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	const snap_view_t *s;
+
+	for (int i = 1; i <= 3; i++)
+		account(m, i, 1);
+	rule_plain(m, 1, 2, "50.0.0.1");
+	rule_plain(m, 2, 2, "50.0.0.2");
+	rule_plain(m, 3, 3, "50.0.0.3");
+	publish_view(m, 1);
+	is_int(snap_model_account_del(m, 2), 0, "account 2 deleted");
+	is_int(snap_model_nrules(m), 1, "... its two rules with it");
+	account(m, 4, 1);
+	s = publish_view(m, 0);
+	ok(s && last.kind == SNAP_PUBLISH_DELTA && s->head->naccounts == 4 &&
+	           snap_accounts(s->head)[1].state == SNAP_ACCOUNT_DELETED &&
+	           snap_accounts(s->head)[3].id == 4 && s->head->live_accounts == 3,
+	   "a delta keeps the deleted slot marked deleted; the new account takes a fresh slot");
+	expect(s, "50.0.0.1", 1, NULL, SNAP_DIR_INGRESS, SNAP_NO_ADDRESS, 0,
+	       "the deleted account's rules are gone");
+	s = publish_view(m, 1);
+	ok(s && snap_accounts(s->head)[1].state == SNAP_ACCOUNT_DELETED,
+	   "the compaction's own head still shows it deleted");
+	account(m, 5, 1);
+	rule_plain(m, 4, 5, "50.0.0.4");
+	s = publish_view(m, 0);
+	ok(s && snap_accounts(s->head)[1].id == 5 && s->head->naccounts == 4,
+	   "after the compaction the slot is reused");
+	expect(s, "50.0.0.4", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 4, "a rule of the slot's new account");
+	expect(s, "50.0.0.3", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 3, "the others are untouched");
+	snap_model_free(m);
+}
+
+static int count_account(void *arg, const snap_account_info_t *a)
+{
+	(void)a;
+	(*(int *)arg)++;
+	return 0;
+}
+
+static int stop_at_rule_3(void *arg, const snap_rule_info_t *r)
+{
+	(*(int *)arg)++;
+	return r->id == 3 ? 42 : 0;
+}
+
+static void test_mark_sweep(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	const snap_view_t *s;
+	int n = 0;
+
+	for (int i = 1; i <= 4; i++)
+		account(m, i, 1);
+	for (int i = 1; i <= 8; i++) {
+		char text[32];
+
+		snprintf(text, sizeof(text), "60.0.0.%d", i);
+		rule_plain(m, i, 1 + (i - 1) % 4, text);
+	}
+	publish_view(m, 1);
+	snap_model_mark_begin(m);
+	account(m, 1, 1);
+	account(m, 2, 0);
+	account(m, 3, 1);
+	rule_plain(m, 1, 1, "60.0.0.1");
+	rule_plain(m, 2, 2, "60.0.0.2");
+	rule_plain(m, 5, 1, "60.0.0.55"); /* changed */
+	rule_plain(m, 8, 3, "60.0.0.8");  /* was account 4's */
+	is_int(snap_model_sweep(m), 5, "sweep: account 4 and rules 3, 4, 6, 7 were not seen");
+	ok(snap_model_naccounts(m) == 3 && snap_model_nrules(m) == 4, "three accounts and four rules remain");
+	s = publish_view(m, 0);
+	ok(s && last.kind == SNAP_PUBLISH_COMPACTION && last.reason && strcmp(last.reason, "full load") == 0,
+	   "the publish after a sweep is a compaction (%s)", last.reason ? last.reason : "?");
+	expect(s, "60.0.0.3", 1, NULL, SNAP_DIR_INGRESS, SNAP_NO_ADDRESS, 0, "an unseen rule is gone");
+	expect(s, "60.0.0.55", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 5,
+	       "a changed rule has its new address");
+	expect(s, "60.0.0.2", 1, NULL, SNAP_DIR_INGRESS, SNAP_ACCOUNT_INACTIVE, 2,
+	       "a changed account its state");
+	expect(s, "60.0.0.8", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 8,
+	       "a rule moved off a swept account stays");
+	snap_model_foreach_account(m, count_account, &n);
+	is_int(n, 3, "foreach_account visits the live accounts");
+	n = 0;
+	is_int(snap_model_foreach_rule(m, stop_at_rule_3, &n), 0, "foreach_rule: rule 3 is gone, no stop");
+	rule_plain(m, 3, 1, "60.0.0.3");
+	n = 0;
+	ok(snap_model_foreach_rule(m, stop_at_rule_3, &n) == 42 && n <= 5,
+	   "a nonzero return stops the walk and is returned");
+	snap_model_free(m);
+}
+
+/* When a publish must compact, and why. */
+static void test_compaction_triggers(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES), *other;
+	uint32_t cap = snap_overlay_cap(CAP_RULES);
+	tg_range_t r = range_of("70.0.0.0");
+
+	is_int(cap, SNAP_OVERLAY_MIN, "20000 rules: the overlay holds the minimum, 4096");
+	is_int(snap_overlay_cap(1000000), 15625, "a million rules: one in 64");
+	account(m, 1, 1);
+	for (uint32_t i = 0; i < cap; i++) {
+		r.first.lo = r.last.lo = (r.first.lo & ~0xffffULL) | i;
+		snap_model_rule_put(m, i + 1, 1, &r, 1, 0, "", 1, SNAP_DIR_BOTH, NULL);
+	}
+	publish_view(m, 1);
+	for (uint32_t i = 0; i < cap; i++)
+		snap_model_rule_del(m, i + 1);
+	publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_DELTA && last.tombstones == cap, "4096 deletes: still a delta");
+	rule_plain(m, 99999, 1, "71.0.0.1");
+	snap_model_rule_del(m, 99999);
+	publish_view(m, 0);
+	is_int(last.kind, SNAP_PUBLISH_DELTA, "a rule added and deleted since the base leaves no tombstone");
+	account(m, 2, 1);
+	rule_plain(m, 5000, 2, "70.0.255.255");
+	snap_model_account_del(m, 2);
+	publish_view(m, 0);
+	is_int(last.kind, SNAP_PUBLISH_DELTA, "nor does a rule dropped with its account");
+	for (uint32_t i = 0; i <= cap; i++) {
+		r.first.lo = r.last.lo = (r.first.lo & ~0xffffULL) | i;
+		snap_model_rule_put(m, i + 1, 1, &r, 1, 0, "", 1, SNAP_DIR_BOTH, NULL);
+	}
+	publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_COMPACTION && strcmp(last.reason, "overlay full") == 0,
+	   "4097 rules changed since the base: a compaction (%s)", last.reason ? last.reason : "delta");
+	snap_model_rule_del(m, 1);
+	publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_DELTA && last.tombstones == 1, "then deltas again");
+
+	other = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	account(other, 1, 1);
+	publish_view(other, 0);
+	is_str(last.reason, "first", "another model's first publish compacts");
+	snap_model_rule_del(m, 2);
+	publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_COMPACTION && strcmp(last.reason, "base replaced") == 0,
+	   "a model whose base was replaced compacts");
+	expect(&view, "70.0.0.1", 1, NULL, SNAP_DIR_INGRESS, SNAP_NO_ADDRESS, 0,
+	       "... holding all its changes");
+	expect(&view, "70.0.0.3", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 4, "... and all its rules");
+
+	for (int i = 0; i <= CAP_ACCOUNTS / 2; i++)
+		account(m, 1000 + i, 1);
+	publish_view(m, 0);
+	for (int i = 0; i <= CAP_ACCOUNTS / 2; i++)
+		snap_model_account_del(m, 1000 + i);
+	publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_COMPACTION && strcmp(last.reason, "account slots") == 0,
+	   "501 deleted accounts waiting for their slots: a compaction (%s)",
+	   last.reason ? last.reason : "delta");
+	snap_model_free(other);
+	snap_model_free(m);
+}
+
+/* ------------------------------------------------------------------ */
+/* sizes, capacity, checksums                                          */
+
+static snap_model_t *sample_model(int nrules)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
 	char text[64];
 
-	account(b, 1, 1);
-	account(b, 2, 1);
+	account(m, 1, 1);
+	account(m, 2, 1);
 	for (int i = 0; i < nrules; i++) {
 		snprintf(text, sizeof(text), "10.%d.%d.%d", i >> 16 & 255, i >> 8 & 255, i & 255);
-		rule(b, i + 1, 1 + i % 2, text, i % 3 ? 0 : 5060, i % 5 ? "" : "44", 1, SNAP_DIR_BOTH);
+		rule(m, i + 1, 1 + i % 2, text, i % 3 ? 0 : 5060, i % 5 ? "" : "44", 1, SNAP_DIR_BOTH);
 	}
-	rule_plain(b, nrules + 1, 1, "10.0.0.0/8");
-	return b;
+	rule_plain(m, nrules + 1, 1, "10.0.0.0/8");
+	return m;
+}
+
+/* Publish into a copy of shm whose arenas claim the given sizes (0: as they are). */
+static int publish_sized(snap_model_t *m, size_t base_size, size_t head_size, int base)
+{
+	shm_t small = shm;
+
+	snap_release(&shm.procs[SHM_PROC_WORKER(0)], &view);
+	if (base_size)
+		small.base_size = base_size;
+	if (head_size)
+		small.head_size = head_size;
+	errno = 0;
+	return base ? snap_model_publish_base(m, &small, 0, &last) : snap_model_publish(m, &small, 0, &last);
 }
 
 static void test_space(void)
 {
-	snap_builder_t *b = sample_builder(10000);
-	size_t bound = snap_size_bound(2, 10001);
-	size_t used;
+	snap_model_t *m = sample_model(10000);
+	size_t bound = snap_base_size_bound(10001);
+	uint64_t gen;
 
-	used = snap_builder_write(b, arena_a, ARENA_SIZE, 1, 0);
-	ok(used > 0 && used <= bound, "10k /32s in a /8 fit the bound (%zu <= %zu)", used, bound);
-	ok(used % 8 == 0, "size is 8-byte aligned");
-	errno = 0;
-	is_int(snap_builder_write(b, arena_b, used - 1, 1, 0), 0, "one byte short: refused");
+	is_int(publish_sized(m, 0, 0, 1), 0, "10k /32s in a /8 published");
+	size_t used = last.base_bytes;
+
+	ok(used > 0 && used <= bound, "... within the bound (%zu <= %zu)", used, bound);
+	ok(used % 8 == 0 && last.head_bytes % 8 == 0, "sizes are 8-byte aligned");
+	gen = atomic_load(&shm.snapctl->generation);
+	is_int(publish_sized(m, used - 1, 0, 1), -1, "one byte short: refused");
 	is_int(errno, ENOSPC, "... with ENOSPC");
-	is_int(snap_builder_write(b, arena_b, used, 1, 0), used, "exactly enough: written");
-	errno = 0;
-	is_int(snap_builder_write(b, arena_b, 64, 1, 0), 0, "smaller than a header: refused");
+	is_int(atomic_load(&shm.snapctl->generation), gen, "... and nothing published");
+	is_int(publish_sized(m, used, 0, 1), 0, "exactly enough: published");
+	is_int(last.base_bytes, used, "... the same size");
+	is_int(publish_sized(m, 64, 0, 1), -1, "smaller than a header: refused");
 	is_int(errno, ENOSPC, "... with ENOSPC");
-	errno = 0;
-	is_int(snap_builder_write(b, arena_b, sizeof(snap_sh_t) + 1000, 1, 0), 0,
-	       "rules do not fit: refused");
+	is_int(publish_sized(m, sizeof(snap_base_sh_t) + 1000, 0, 1), -1, "entries do not fit: refused");
 	is_int(errno, ENOSPC, "... with ENOSPC");
-	snap_builder_free(b);
+	is_int(publish_sized(m, 0, last.head_bytes - 8, 1), -1, "the head one word short: refused");
+	is_int(errno, ENOSPC, "... with ENOSPC");
+	snap_model_free(m);
 
 	/* Heavily overlapping rules outgrow the bound and are refused, not overrun. */
-	b = snap_builder_new();
-	account(b, 1, 1);
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	account(m, 1, 1);
 	for (int i = 0; i < 300; i++) {
 		char text[64];
 
 		snprintf(text, sizeof(text), "20.0.%d.%d-20.0.%d.%d", i / 256, i % 256, (i + 300) / 256,
 		         (i + 300) % 256);
-		rule(b, i + 1, 1, text, 0, "7", 1, SNAP_DIR_BOTH);
+		rule(m, i + 1, 1, text, 0, "7", 1, SNAP_DIR_BOTH);
 	}
-	bound = snap_size_bound(1, 300);
-	errno = 0;
-	is_int(snap_builder_write(b, arena_b, bound, 1, 0), 0,
-	       "300 mutually overlapping ranges exceed the bound");
+	bound = snap_base_size_bound(300);
+	is_int(publish_sized(m, bound, 0, 1), -1, "300 mutually overlapping ranges exceed the bound");
 	is_int(errno, ENOSPC, "... refused with ENOSPC");
-	ok(snap_builder_write(b, arena_b, ARENA_SIZE, 1, 0) > bound, "... and fit a larger arena");
-	snap_builder_free(b);
+	ok(publish_sized(m, 0, 0, 1) == 0 && last.base_bytes > bound, "... and fit a larger arena");
+
+	/* The same 300 as changes since an empty base: the overlay outgrows the head, a base takes them. */
+	snap_model_free(m);
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	account(m, 1, 1);
+	publish_sized(m, 0, 0, 1);
+	for (int i = 0; i < 300; i++) {
+		char text[64];
+
+		snprintf(text, sizeof(text), "20.0.%d.%d-20.0.%d.%d", i / 256, i % 256, (i + 300) / 256,
+		         (i + 300) % 256);
+		rule(m, i + 1, 1, text, 0, "7", 1, SNAP_DIR_BOTH);
+	}
+	ok(publish_sized(m, 0, 200000, 0) == 0 && last.kind == SNAP_PUBLISH_COMPACTION &&
+	           strcmp(last.reason, "overlay bytes") == 0,
+	   "an overlay too big for its head falls back to a compaction (%s)",
+	   last.reason ? last.reason : "delta");
+	snap_model_free(m);
+
+	m = snap_model_new(2, CAP_RULES);
+	account(m, 1, 1);
+	account(m, 2, 1);
+	account(m, 3, 1);
+	is_int(publish_sized(m, 0, 0, 0), -1, "three accounts in a model for two: refused");
+	is_int(errno, ENOSPC, "... with ENOSPC");
+	snap_model_free(m);
 }
 
 static void test_checksum(void)
 {
-	snap_builder_t *b1 = sample_builder(3000), *b2 = sample_builder(3000);
-	size_t n1, n2;
+	snap_model_t *m1 = sample_model(3000), *m2 = sample_model(3000);
+	snap_publish_stats_t s1, s2;
 
-	memset(arena_a, 0xaa, 1 << 20);
-	memset(arena_b, 0x55, 1 << 20);
-	n1 = snap_builder_write(b1, arena_a, ARENA_SIZE, 7, 1234);
-	n2 = snap_builder_write(b2, arena_b, ARENA_SIZE, 7, 1234);
+	memset(shm.base_arena[0], 0xaa, 1 << 20);
+	memset(shm.base_arena[1], 0x55, 1 << 20);
+	publish_sized(m1, 0, 0, 1);
+	s1 = last;
+	publish_sized(m2, 0, 0, 1);
+	s2 = last;
 
-	const snap_sh_t *s1 = arena_a, *s2 = arena_b;
+	const snap_base_sh_t *b1 = shm.base_arena[0], *b2 = shm.base_arena[1];
+	size_t hdr = sizeof(snap_base_sh_t);
 
-	ok(n1 == n2 && memcmp(arena_a, arena_b, n1) == 0, "same rules, same bytes, whatever the arena held");
-	ok(s1->checksum == s2->checksum && s1->checksum != 0, "same checksum");
-	ok(snap_checksum(s1) == s1->checksum, "checksum verifies");
-	ok(s1->generation == 7 && s1->built_ms == 1234 && s1->magic == SNAP_MAGIC,
-	   "header carries generation and time");
-	is_int(snap_builder_write(b1, arena_b, ARENA_SIZE, 8, 99), n1, "rewrite with another generation");
-	ok(s2->checksum == s1->checksum, "checksum does not cover the header");
-	((unsigned char *)arena_b)[n1 - 1] ^= 1;
-	ok(snap_checksum(s2) != s2->checksum, "a flipped byte is detected");
-	snap_builder_free(b1);
-	snap_builder_free(b2);
+	if (b1->generation > b2->generation) {
+		const snap_base_sh_t *t = b1;
+
+		b1 = b2;
+		b2 = t;
+	}
+	ok(s1.base_bytes == s2.base_bytes && b1->size == b2->size &&
+	           memcmp((const char *)b1 + hdr, (const char *)b2 + hdr, b1->size - hdr) == 0,
+	   "same rules, same bytes after the header, whatever the arena held");
+	ok(snap_base_checksum(b1) == b1->checksum && snap_base_checksum(b2) == b2->checksum,
+	   "base checksums verify");
+	ok(b1->checksum != b2->checksum && b2->generation == b1->generation + 1,
+	   "the checksum covers the header: another generation, another checksum");
+	ok(b2->built_ms == 0 && b2->magic == SNAP_BASE_MAGIC, "header carries generation and time");
+
+	const snap_head_sh_t *h = shm.head_arena[b2->generation & 1];
+
+	ok(h->generation == b2->generation && h->base_generation == b2->generation &&
+	           snap_head_checksum(h) == h->checksum && h->checksum != 0,
+	   "the head names its base and its checksum verifies");
+	((unsigned char *)shm.base_arena[0])[b1->size - 1] ^= 1;
+	((unsigned char *)shm.head_arena[b2->generation & 1])[h->size - 1] ^= 1;
+	ok(snap_base_checksum(shm.base_arena[0]) != ((const snap_base_sh_t *)shm.base_arena[0])->checksum,
+	   "a flipped byte in a base is detected");
+	ok(snap_head_checksum(h) != h->checksum, "a flipped byte in a head is detected");
+	((unsigned char *)shm.head_arena[b2->generation & 1])[h->size - 1] ^= 1;
+	snap_model_free(m1);
+	snap_model_free(m2);
+}
+
+static void test_layout(void)
+{
+	const shm_header_sh_t *h = shm.hdr;
+
+	ok(h->layout_version == SHM_LAYOUT_VERSION && h->cap_accounts == CAP_ACCOUNTS &&
+	           h->cap_ip_rules == CAP_RULES,
+	   "the header records the layout version and the capacity");
+	ok(h->off_head[0] % 4096 == 0 && h->off_head[1] == h->off_head[0] + h->head_size &&
+	           h->off_base[0] == h->off_head[1] + h->head_size &&
+	           h->off_base[1] == h->off_base[0] + h->base_size &&
+	           h->total_size == h->off_base[1] + h->base_size,
+	   "head arenas, then base arenas, page-aligned, back to back, to the end");
+	ok(h->head_size >= snap_head_size_bound(CAP_ACCOUNTS, CAP_RULES) &&
+	           h->base_size >= snap_base_size_bound(CAP_RULES) && h->head_size < h->base_size,
+	   "arenas are sized by their bounds (head %llu, base %llu bytes)", (unsigned long long)h->head_size,
+	   (unsigned long long)h->base_size);
 }
 
 /* ------------------------------------------------------------------ */
-/* randomized cross-check against a linear scan                        */
+/* randomized cross-checks against a linear scan                       */
 
 typedef struct ref_rule {
 	int64_t id;
+	int live;
 	int64_t account;
-	tg_range_t r;
+	tg_range_t r[3];
+	unsigned nr;
 	uint16_t port;
 	char prefix[8];
 	int active;
@@ -455,11 +897,11 @@ static uint32_t rnd(uint32_t n)
 	return (uint32_t)(rng_state >> 11) % n;
 }
 
-/* The spec, written out the slow way: is a more specific than b? */
-static int ref_better(const ref_rule_t *a, const ref_rule_t *b)
+/* The spec, written out the slow way: is rule a with range ra more specific than b with rb? */
+static int ref_better(const ref_rule_t *a, const tg_range_t *ra, const ref_rule_t *b, const tg_range_t *rb)
 {
-	int ab = tg_range_prefix_bits(&a->r), bb = tg_range_prefix_bits(&b->r);
-	uint64_t asz = a->r.last.lo - a->r.first.lo, bsz = b->r.last.lo - b->r.first.lo;
+	int ab = tg_range_prefix_bits(ra), bb = tg_range_prefix_bits(rb);
+	uint64_t asz = ra->last.lo - ra->first.lo, bsz = rb->last.lo - rb->first.lo;
 
 	if ((a->port != 0) != (b->port != 0))
 		return a->port != 0;
@@ -469,34 +911,50 @@ static int ref_better(const ref_rule_t *a, const ref_rule_t *b)
 		return ab > bb;
 	if (asz != bsz) /* ranges here stay within one 64-bit half */
 		return asz < bsz;
-	return a->id < b->id;
+	if (a->id != b->id)
+		return a->id < b->id;
+	return tg_ip_cmp(&ra->first, &rb->first) < 0;
 }
 
-static int ref_lookup(const ref_rule_t *rules, int n, const int *acct_active, const tg_ip_t *ip,
-                      uint16_t port, const char *user, unsigned dir, int64_t *rule_id)
+typedef struct ref_answer {
+	int result;
+	int64_t id;
+	const ref_rule_t *rule;
+	const tg_range_t *range;
+} ref_answer_t;
+
+static ref_answer_t ref_lookup(const ref_rule_t *rules, int n, const int *acct_active, const tg_ip_t *ip,
+                               uint16_t port, const char *user, unsigned dir)
 {
 	const ref_rule_t *best = NULL;
+	const tg_range_t *best_r = NULL;
 	int usable = 0;
 
 	for (int i = 0; i < n; i++) {
 		const ref_rule_t *r = &rules[i];
-		size_t plen = strlen(r->prefix);
+		size_t plen;
 
-		if (!r->active || !(r->dir & dir) || !tg_range_contains(&r->r, ip))
+		if (!r->live || !r->active || !(r->dir & dir))
 			continue;
-		usable = 1;
-		if (r->port && r->port != port)
-			continue;
-		if (user && plen && (strlen(user) < plen || memcmp(user, r->prefix, plen) != 0))
-			continue;
-		if (best == NULL || ref_better(r, best))
-			best = r;
+		plen = strlen(r->prefix);
+		for (unsigned k = 0; k < r->nr; k++) {
+			if (!tg_range_contains(&r->r[k], ip))
+				continue;
+			usable = 1;
+			if (r->port && r->port != port)
+				continue;
+			if (user && plen && (strlen(user) < plen || memcmp(user, r->prefix, plen) != 0))
+				continue;
+			if (best == NULL || ref_better(r, &r->r[k], best, best_r)) {
+				best = r;
+				best_r = &r->r[k];
+			}
+		}
 	}
-	if (best) {
-		*rule_id = best->id;
-		return acct_active[best->account] ? SNAP_MATCH : SNAP_ACCOUNT_INACTIVE;
-	}
-	return usable ? SNAP_NO_FIT : SNAP_NO_ADDRESS;
+	if (best)
+		return (ref_answer_t){acct_active[best->account] ? SNAP_MATCH : SNAP_ACCOUNT_INACTIVE,
+		                      best->id, best, best_r};
+	return (ref_answer_t){usable ? SNAP_NO_FIT : SNAP_NO_ADDRESS, -1, NULL, NULL};
 }
 
 /* A random address in 10.0.0.0/16 or 2001:db8::/112, or now and then elsewhere. */
@@ -524,6 +982,7 @@ static tg_range_t random_range(void)
 	uint32_t kind = rnd(10);
 	int width;
 
+	memset(&r, 0, sizeof(r));
 	r.first = random_ip();
 	r.family = tg_ip_is_v4(&r.first) ? AF_INET : AF_INET6;
 	if (kind < 5) { /* single address */
@@ -542,174 +1001,406 @@ static tg_range_t random_range(void)
 	return r;
 }
 
+static const char *prefixes[] = {"", "", "", "", "1", "12", "123", "9"};
+static const uint16_t ports[] = {0, 0, 0, 0, 5060, 5070};
+static const char *users[] = {NULL, "", "1234", "12", "9", "5", "123"};
+
+static void random_rule(ref_rule_t *r, int64_t id, int naccounts, int multi)
+{
+	memset(r, 0, sizeof(*r));
+	r->id = id;
+	r->live = 1;
+	r->account = rnd((uint32_t)naccounts);
+	r->nr = multi ? rnd(4) : 1;
+	for (unsigned k = 0; k < r->nr; k++)
+		r->r[k] = random_range();
+	r->port = ports[rnd(6)];
+	strcpy(r->prefix, prefixes[rnd(8)]);
+	r->active = rnd(10) != 0;
+	r->dir = 1 + rnd(3);
+}
+
+static int ref_put(snap_model_t *m, const ref_rule_t *r)
+{
+	return snap_model_rule_put(m, r->id, r->account, r->r, r->nr, r->port, r->prefix, r->active, r->dir,
+	                           NULL);
+}
+
 static void test_random_cross_check(void)
 {
 	enum { NACCT = 50, NRULES = 2000, NLOOKUPS = 20000 };
-	static const char *prefixes[] = {"", "", "", "", "1", "12", "123", "9"};
-	static const uint16_t ports[] = {0, 0, 0, 0, 5060, 5070};
-	static const char *users[] = {NULL, "", "1234", "12", "9", "5", "123"};
 	static ref_rule_t rules[NRULES];
 	int acct_active[NACCT];
-	snap_builder_t *b = snap_builder_new();
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
 	int mismatches = 0, counts[4] = {0};
 
 	for (int a = 0; a < NACCT; a++) {
 		acct_active[a] = rnd(10) != 0;
-		account(b, a, acct_active[a]);
+		account(m, a, acct_active[a]);
 	}
 	for (int i = 0; i < NRULES; i++) {
-		ref_rule_t *r = &rules[i];
+		int64_t id = 1000 + rnd(1000000) * 2 + 1 + i * 2000000LL; /* unique, not in insertion order */
 
-		r->id = 1000 + rnd(1000000) * 2 + 1 + i * 2000000LL; /* unique, not in insertion order */
-		r->id = i % 2 ? r->id : -r->id;
-		r->account = rnd(NACCT);
-		r->r = random_range();
-		r->port = ports[rnd(6)];
-		strcpy(r->prefix, prefixes[rnd(8)]);
-		r->active = rnd(10) != 0;
-		r->dir = 1 + rnd(3);
-		if (snap_builder_rule(b, r->id, r->account, &r->r, r->port, r->prefix, r->active, r->dir,
-		                      NULL) < 0)
+		random_rule(&rules[i], i % 2 ? id : -id, NACCT, 0);
+		if (ref_put(m, &rules[i]) < 0)
 			printf("# test bug: random rule %d refused\n", i);
 	}
 
-	const snap_sh_t *s = build(b, arena_a);
+	const snap_view_t *s = publish_view(m, 1);
 
 	for (int i = 0; s && i < NLOOKUPS; i++) {
 		tg_ip_t ip = random_ip();
 		uint16_t port = rnd(2) ? 5060 : 5070;
 		const char *user = users[rnd(7)];
 		unsigned dir = 1 + rnd(2);
-		int64_t want_id = -1;
-		int want = ref_lookup(rules, NRULES, acct_active, &ip, port, user, dir, &want_id);
-		snap_match_t m;
-		int got = snap_lookup(s, &ip, port, user, user ? strlen(user) : 0, dir, &m);
-		int same = got == want && (m.rule ? m.rule->id : -1) == (m.rule ? want_id : -1);
+		ref_answer_t want = ref_lookup(rules, NRULES, acct_active, &ip, port, user, dir);
+		snap_match_t mt;
+		int got = snap_lookup(s, &ip, port, user, user ? strlen(user) : 0, dir, &mt);
+		int same = got == want.result && (mt.rule ? mt.rule->id : -1) == want.id;
 
-		if (got == SNAP_MATCH || got == SNAP_ACCOUNT_INACTIVE)
-			same = same && m.rule && m.rule->id == want_id &&
-			       m.account == &snap_accounts(s)[m.rule->account];
-		counts[want]++;
+		if (same && want.rule != NULL)
+			same = mt.account == &snap_accounts(s->head)[mt.rule->account] &&
+			       mt.account->id == want.rule->account;
+		counts[want.result]++;
 		if (!same && mismatches++ < 5) {
 			char text[64];
 
 			printf("# mismatch at %s port %u user %s dir %u: got %s %lld, want %s %lld\n",
 			       tg_ip_format(&ip, text, sizeof(text)), port, user ? user : "(null)", dir,
-			       result_name(got), (long long)(m.rule ? m.rule->id : -1), result_name(want),
-			       (long long)want_id);
+			       result_name(got), (long long)(mt.rule ? mt.rule->id : -1),
+			       result_name(want.result), (long long)want.id);
 		}
 	}
 	ok(s != NULL && mismatches == 0, "%d random lookups over %d random rules agree with a linear scan",
 	   NLOOKUPS, NRULES);
 	printf("# outcomes: %d match, %d no address, %d no fit, %d account inactive; %u intervals, %u "
 	       "candidates\n",
-	       counts[0], counts[1], counts[2], counts[3], s ? s->nivals : 0, s ? s->ncands : 0);
+	       counts[0], counts[1], counts[2], counts[3], s ? s->base->index.nivals : 0,
+	       s ? s->base->index.ncands : 0);
 	ok(counts[0] > 1000 && counts[1] > 1000 && counts[2] > 100 && counts[3] > 100,
 	   "the random mix exercises every outcome");
-	snap_builder_free(b);
+	snap_model_free(m);
+}
+
+/*
+ * Rules all over the IPv4 space, many straddling bucket edges, some in
+ * the overlay: every bucket's first and last address, and its
+ * neighbours, agree with a linear scan.
+ */
+static void test_bucket_edges(void)
+{
+	enum { NRULES = 3000 };
+	static ref_rule_t rules[NRULES];
+	int acct_active[1] = {1};
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	const snap_view_t *v;
+	long wrong = 0, checked = 0;
+
+	account(m, 0, 1);
+	for (int i = 0; i < NRULES; i++) {
+		ref_rule_t *r = &rules[i];
+		uint32_t a = (uint32_t)rnd(1u << 31) << 1 | rnd(2), len = rnd(4) ? rnd(3) : rnd(1u << 24);
+
+		memset(r, 0, sizeof(*r));
+		r->id = i + 1;
+		r->live = r->active = 1;
+		r->dir = SNAP_DIR_BOTH;
+		r->nr = 1;
+		r->r[0].family = AF_INET;
+		r->r[0].first = (tg_ip_t){0, 0x0000ffff00000000ULL | (a > UINT32_MAX - len ? a - len : a)};
+		r->r[0].last = r->r[0].first;
+		r->r[0].last.lo += len;
+		if (i == NRULES / 2)
+			publish_view(m, 1); /* the second half goes out as a delta */
+		ref_put(m, r);
+	}
+	v = publish_view(m, 0);
+	for (uint32_t b = 0; v && b < (1u << v->base->index.bucket_bits); b++) {
+		uint32_t first = (uint32_t)((uint64_t)b << (32 - v->base->index.bucket_bits));
+
+		for (int k = -1; k <= 1; k++) {
+			tg_ip_t ip = {0, 0x0000ffff00000000ULL | (uint32_t)(first + (uint32_t)k)};
+			ref_answer_t want =
+			        ref_lookup(rules, NRULES, acct_active, &ip, 1, NULL, SNAP_DIR_INGRESS);
+			snap_match_t mt;
+			int got = snap_lookup(v, &ip, 1, NULL, 0, SNAP_DIR_INGRESS, &mt);
+
+			checked++;
+			wrong += got != want.result || (mt.rule ? mt.rule->id : -1) != want.id;
+		}
+	}
+	ok(v && v->base->index.bucket_bits >= 8 && v->head->overlay.bucket_bits >= 8,
+	   "both indexes have a bucket table (%u and %u bits)", v ? v->base->index.bucket_bits : 0,
+	   v ? v->head->overlay.bucket_bits : 0);
+	ok(checked > 700 && wrong == 0, "%ld lookups at bucket edges agree with a linear scan (%ld wrong)",
+	   checked, wrong);
+	snap_model_free(m);
+}
+
+/* The randomized run of changes: the reference rows, and a model to copy them into. */
+enum { RD_ACCT = 40, RD_IDS = 2500 };
+
+typedef struct rd {
+	ref_rule_t rules[RD_IDS]; /* by id - 1 */
+	int acct_live[RD_ACCT], acct_active[RD_ACCT];
+	snap_model_t *m;
+	long mismatches, fresh_mismatches, lookups, counts[4];
+	long deltas, compactions, refused;
+} rd_t;
+
+static int copy_account(void *arg, const snap_account_info_t *a)
+{
+	return snap_model_account_put(arg, a->id, a->name, a->active, a->max_channels, a->max_cps, NULL);
+}
+
+static int copy_rule(void *arg, const snap_rule_info_t *r)
+{
+	return snap_model_rule_put(arg, r->id, r->account_id, r->ranges, r->nranges, r->port, r->tech_prefix,
+	                           r->active, r->direction, NULL);
+}
+
+/* A single-level build of the same rows, through the model's iteration, into shm2. */
+static const snap_view_t *fresh_build(const snap_model_t *m, snap_model_t **out)
+{
+	snap_model_t *f = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+
+	if (snap_model_foreach_account(m, copy_account, f) != 0 ||
+	    snap_model_foreach_rule(m, copy_rule, f) != 0)
+		printf("# test bug: copying the model failed\n");
+	*out = f;
+	return publish_in(&shm2, &view2, f, 1);
+}
+
+static int same_entry(const snap_rule_sh_t *a, const snap_rule_sh_t *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return a->id == b->id && tg_ip_cmp(&a->range.first, &b->range.first) == 0 &&
+	       tg_ip_cmp(&a->range.last, &b->range.last) == 0;
+}
+
+/* Same result, same rule, same range of it, same account. */
+static int rd_same(int got, const snap_match_t *mt, const ref_answer_t *want)
+{
+	if (got != want->result || (mt->rule ? mt->rule->id : -1) != want->id)
+		return 0;
+	if (want->rule == NULL)
+		return 1;
+	return tg_ip_cmp(&mt->rule->range.first, &want->range->first) == 0 &&
+	       mt->account->id == want->rule->account;
+}
+
+static void rd_check(rd_t *d, const snap_view_t *v, int with_fresh)
+{
+	snap_model_t *f = NULL;
+	const snap_view_t *fv = with_fresh ? fresh_build(d->m, &f) : NULL;
+
+	for (int i = 0; i < 200; i++) {
+		tg_ip_t ip = random_ip();
+		uint16_t port = rnd(2) ? 5060 : 5070;
+		const char *user = users[rnd(7)];
+		unsigned dir = 1 + rnd(2);
+		ref_answer_t want = ref_lookup(d->rules, RD_IDS, d->acct_active, &ip, port, user, dir);
+		snap_match_t mt, ft;
+		int got = snap_lookup(v, &ip, port, user, user ? strlen(user) : 0, dir, &mt);
+
+		d->lookups++;
+		d->counts[want.result]++;
+		if (!rd_same(got, &mt, &want)) {
+			if (d->mismatches++ < 5)
+				printf("# mismatch (generation %llu): got %s %lld, want %s %lld\n",
+				       (unsigned long long)v->head->generation, result_name(got),
+				       (long long)(mt.rule ? mt.rule->id : -1), result_name(want.result),
+				       (long long)want.id);
+		}
+		if (fv != NULL &&
+		    (snap_lookup(fv, &ip, port, user, user ? strlen(user) : 0, dir, &ft) != got ||
+		     !same_entry(ft.rule, mt.rule)))
+			d->fresh_mismatches++;
+	}
+	snap_model_free(f);
+}
+
+static void rd_rule_put(rd_t *d)
+{
+	int64_t id = 1 + rnd(RD_IDS);
+	ref_rule_t r;
+
+	random_rule(&r, id, RD_ACCT, 1);
+	if (ref_put(d->m, &r) < 0) {
+		d->refused++;
+		if (d->acct_live[r.account] && d->mismatches++ < 5)
+			printf("# rule %lld refused for a live account\n", (long long)id);
+		return;
+	}
+	if (!d->acct_live[r.account] && d->mismatches++ < 5)
+		printf("# rule %lld taken for a deleted account\n", (long long)id);
+	d->rules[id - 1] = r;
+}
+
+static void rd_rule_del(rd_t *d)
+{
+	int64_t id = 1 + rnd(RD_IDS);
+	int rc = snap_model_rule_del(d->m, id);
+
+	if ((rc == 0) != d->rules[id - 1].live && d->mismatches++ < 5)
+		printf("# delete of rule %lld: %d, but live %d\n", (long long)id, rc, d->rules[id - 1].live);
+	d->rules[id - 1].live = 0;
+}
+
+static void rd_account(rd_t *d)
+{
+	int a = (int)rnd(RD_ACCT);
+
+	if (rnd(20) == 0 && d->acct_live[a]) {
+		snap_model_account_del(d->m, a);
+		d->acct_live[a] = 0;
+		for (int i = 0; i < RD_IDS; i++)
+			if (d->rules[i].account == a)
+				d->rules[i].live = 0;
+		return;
+	}
+	d->acct_active[a] = rnd(3) != 0;
+	d->acct_live[a] = 1;
+	account(d->m, a, d->acct_active[a]);
+}
+
+static void rd_step(rd_t *d)
+{
+	uint32_t k = rnd(100);
+
+	if (k < 55)
+		rd_rule_put(d);
+	else if (k < 85)
+		rd_rule_del(d);
+	else
+		rd_account(d);
+}
+
+static void test_random_deltas(void)
+{
+	static rd_t d;
+	const snap_view_t *v = NULL;
+
+	memset(&d, 0, sizeof(d));
+	d.m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	for (int a = 0; a < RD_ACCT; a++) {
+		d.acct_live[a] = d.acct_active[a] = 1;
+		account(d.m, a, 1);
+	}
+	for (int i = 0; i < 1500; i++)
+		rd_rule_put(&d);
+	publish_view(d.m, 1);
+	for (int round = 0; round < 300; round++) {
+		int steps = 1 + (int)rnd(rnd(10) == 0 ? 200 : 12);
+
+		for (int i = 0; i < steps; i++)
+			rd_step(&d);
+		if ((v = publish_view(d.m, rnd(40) == 0)) == NULL)
+			break;
+		if (last.kind == SNAP_PUBLISH_DELTA)
+			d.deltas++;
+		else
+			d.compactions++;
+		rd_check(&d, v, round % 10 == 0);
+	}
+	printf("# %ld publishes (%ld deltas, %ld compactions), %ld lookups: %ld match, %ld no address, %ld "
+	       "no fit, "
+	       "%ld inactive; %ld puts refused for deleted accounts\n",
+	       d.deltas + d.compactions, d.deltas, d.compactions, d.lookups, d.counts[0], d.counts[1],
+	       d.counts[2], d.counts[3], d.refused);
+	ok(v != NULL && d.mismatches == 0,
+	   "every view after random puts and deletes agrees with a linear scan");
+	is_int(d.fresh_mismatches, 0,
+	       "... and with a fresh single-level build of the same rows, entry for entry");
+	ok(d.deltas > 200 && d.compactions > 3 && d.counts[0] > 1000 && d.counts[1] > 1000 &&
+	           d.counts[2] > 100 && d.counts[3] > 100,
+	   "deltas and compactions both ran, every outcome was seen");
+	snap_model_free(d.m);
 }
 
 /* ------------------------------------------------------------------ */
 /* publication                                                         */
 
-enum { NWORKERS = 2, FAKE_ARENA = 1 << 20 };
-
-static void *fake_region;
-
-/* A shm_t carved from one malloc'ed region, as shm_create would lay it out. */
-static void fake_shm(shm_t *shm)
+static int try_publish(snap_model_t *m, int base)
 {
-	size_t procs = ((size_t)(1 + NWORKERS) * sizeof(shm_proc_sh_t) + 63) & ~(size_t)63;
-	size_t hdr = (sizeof(shm_header_sh_t) + 63) & ~(size_t)63;
-	size_t total = hdr + procs + sizeof(shm_snapctl_sh_t) + 2 * (size_t)FAKE_ARENA;
-	unsigned char *p;
-
-	fake_region = aligned_alloc(64, total);
-	memset(fake_region, 0, total);
-	p = fake_region;
-	memset(shm, 0, sizeof(*shm));
-	shm->base = p;
-	shm->size = total;
-	shm->hdr = (shm_header_sh_t *)p;
-	shm->hdr->magic = SHM_MAGIC;
-	shm->hdr->nworkers = NWORKERS;
-	shm->hdr->nprocs = 1 + NWORKERS;
-	shm->procs = (shm_proc_sh_t *)(p + hdr);
-	shm->snapctl = (shm_snapctl_sh_t *)(p + hdr + procs);
-	shm->arena[0] = p + hdr + procs + sizeof(shm_snapctl_sh_t);
-	shm->arena[1] = (unsigned char *)shm->arena[0] + FAKE_ARENA;
-	shm->arena_size = FAKE_ARENA;
-}
-
-/* Generation g: 1.2.3.4 belongs to a rule whose id is g, so readers can tell. */
-static int publish_gen(shm_t *shm)
-{
-	uint64_t next = 0;
-	void *arena = snap_arena_for_next(shm, &next);
-
-	if (arena == NULL)
-		return -1;
-
-	snap_builder_t *b = snap_builder_new();
-
-	account(b, 1, 1);
-	rule_plain(b, (int64_t)next, 1, "1.2.3.4");
-	rule_plain(b, (int64_t)next + 1000000, 1, "10.0.0.0/8");
-	if (snap_builder_write(b, arena, shm->arena_size, next, 0) == 0)
-		printf("# publish_gen: write failed\n");
-	snap_builder_free(b);
-	snap_publish(shm, next);
-	return 0;
+	return base ? snap_model_publish_base(m, &shm, 0, &last) : snap_model_publish(m, &shm, 0, &last);
 }
 
 static void test_publish_protocol(void)
 {
-	shm_t shm;
-	shm_proc_sh_t *w0, *w1;
-	const snap_sh_t *s0, *s1;
-	uint64_t next = 0;
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	shm_proc_sh_t *w0 = &shm.procs[SHM_PROC_WORKER(0)], *w1 = &shm.procs[SHM_PROC_WORKER(1)];
+	shm_proc_sh_t *ld = &shm.procs[SHM_PROC_LOADER];
+	snap_view_t v0 = {0}, v1 = {0};
+	uint64_t g;
 
-	fake_shm(&shm);
-	w0 = &shm.procs[SHM_PROC_WORKER(0)];
-	w1 = &shm.procs[SHM_PROC_WORKER(1)];
-
-	ok(snap_acquire(&shm, w0) == NULL, "nothing published: acquire gives NULL");
-	ok(snap_arena_for_next(&shm, &next) == shm.arena[1] && next == 1, "generation 1 goes to arena 1");
-	is_int(publish_gen(&shm), 0, "generation 1 published");
-	s0 = snap_acquire(&shm, w0);
-	ok(s0 == shm.arena[1] && s0->generation == 1 && atomic_load(&w0->epoch) == 1,
-	   "worker 0 holds generation 1");
-	expect(s0, "1.2.3.4", 5060, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 1, "lookup in generation 1");
-	ok(snap_arena_for_next(&shm, &next) == shm.arena[0] && next == 2,
-	   "generation 2 goes to arena 0, never used, though worker 0 holds 1");
-	is_int(publish_gen(&shm), 0, "generation 2 published");
-	ok(snap_arena_for_next(&shm, &next) == NULL, "generation 3 refused while worker 0 holds 1");
-	expect(s0, "1.2.3.4", 5060, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 1,
-	       "worker 0 still reads generation 1");
-	s1 = snap_acquire(&shm, w1);
-	ok(s1 == shm.arena[0] && s1->generation == 2, "worker 1 gets generation 2");
-	ok(snap_arena_for_next(&shm, &next) == NULL, "still refused: worker 0 has not released");
-	snap_release(w0);
-	is_int(atomic_load(&w0->epoch), 0, "release clears the slot");
-	ok(snap_arena_for_next(&shm, &next) == shm.arena[1] && next == 3,
-	   "after release: arena 1 for generation 3");
-	is_int(publish_gen(&shm), 0, "generation 3 published");
-	ok(snap_arena_for_next(&shm, &next) == NULL, "generation 4 refused: worker 1 holds 2");
+	snap_release(w0, &view);
+	account(m, 1, 1);
+	g = atomic_load(&shm.snapctl->generation);
+	is_int(try_publish(m, 0), 0, "generation g+1 published (a compaction: a new model)");
+	ok(snap_acquire(&shm, w0, &v0) == 1 && v0.head == shm.head_arena[(g + 1) & 1] &&
+	           v0.head->generation == g + 1 && atomic_load(&w0->epoch) == g + 1,
+	   "worker 0 holds g+1, in head arena (g+1) & 1");
+	rule_plain(m, 1, 1, "1.2.3.4");
+	is_int(try_publish(m, 0), 0, "g+2: a delta, into the other head arena, though worker 0 holds g+1");
+	ok(v0.head->generation == g + 1 && v0.head->overlay.nentries == 0 &&
+	           snap_head_checksum(v0.head) == v0.head->checksum,
+	   "worker 0's head is untouched");
+	is_int(try_publish(m, 0), 1, "g+3 refused (busy) while worker 0 holds g+1");
+	is_int(try_publish(m, 1), 1, "... a compaction too");
+	is_int(atomic_load(&shm.snapctl->generation), g + 2, "... and nothing was published");
+	snap_acquire(&shm, w1, &v1);
+	ok(v1.head->generation == g + 2 && v1.head->overlay.nentries == 1,
+	   "worker 1 gets g+2 and its overlay");
+	snap_release(w0, &v0);
+	ok(atomic_load(&w0->epoch) == 0 && v0.head == NULL, "release clears the slot and the view");
+	is_int(try_publish(m, 0), 0, "after release: g+3 published");
+	is_int(try_publish(m, 0), 1, "g+4 refused: worker 1 holds g+2");
 	atomic_store(&w1->epoch, 0); /* the master clearing a dead worker's slot */
-	ok(snap_arena_for_next(&shm, &next) != NULL && next == 4, "a cleared slot pins nothing");
-	atomic_store(&shm.procs[SHM_PROC_LOADER].epoch, 2);
-	ok(snap_arena_for_next(&shm, &next) == NULL, "the loader's own slot is honoured too");
-	atomic_store(&shm.procs[SHM_PROC_LOADER].epoch, 0);
-	s0 = snap_acquire(&shm, w0);
-	ok(s0 == shm.arena[1] && s0->generation == 3 && atomic_load(&w0->epoch) == 3,
-	   "acquire sees generation 3");
-	snap_release(w0);
-	free(fake_region);
+	is_int(try_publish(m, 0), 0, "a cleared slot pins nothing: g+4 published");
+	atomic_store(&ld->epoch, g + 3);
+	is_int(try_publish(m, 0), 1, "the loader's own slot is honoured too");
+	atomic_store(&ld->epoch, 0);
+
+	/* Bases: a stale epoch (a reader mid-acquire) at or below the idle base's last head blocks only
+	 * compactions. */
+	is_int(try_publish(m, 1), 0, "g+5: a compaction, into the idle base arena");
+	unsigned b_new = ((const snap_head_sh_t *)shm.head_arena[(g + 5) & 1])->base_arena;
+	uint64_t last_old = atomic_load(&shm.snapctl->base_last_head[1 - b_new]);
+
+	ok(last_old == g + 4 && atomic_load(&shm.snapctl->base_last_head[b_new]) == g + 5,
+	   "base_last_head: g+4 for the old base, g+5 for the new");
+	is_int(try_publish(m, 0), 0, "g+6: a delta");
+	atomic_store(&w1->epoch, last_old - 2);
+	is_int(try_publish(m, 1), 1,
+	       "a compaction is refused while a slot holds a head that read the idle base");
+	ok(snap_head_arena_free(&shm) && !snap_base_arena_free(&shm, 1 - b_new),
+	   "... by the base rule alone");
+	is_int(try_publish(m, 0), 0, "... while a delta goes through");
+	atomic_store(&w1->epoch, 0);
+	is_int(try_publish(m, 1), 0, "cleared: the compaction goes through");
+	ok(snap_acquire(&shm, w0, &v0) == 1 && v0.head->generation == g + 8 && v0.base->generation == g + 8 &&
+	           v0.base == shm.base_arena[1 - b_new],
+	   "acquire sees g+8 and its new base");
+	snap_release(w0, &v0);
+
+	/* A loader that died between storing base_last_head and publishing, then a new one. */
+	snap_model_t *fresh = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	unsigned idle = 1 - ((const snap_head_sh_t *)shm.head_arena[(g + 8) & 1])->base_arena;
+
+	atomic_store(&shm.snapctl->base_last_head[idle], g + 9);
+	account(fresh, 1, 1);
+	is_int(try_publish(fresh, 0), 0,
+	       "a restarted loader compacts into the base its predecessor left half-done");
+	ok(last.kind == SNAP_PUBLISH_COMPACTION && atomic_load(&shm.snapctl->base_last_head[idle]) == g + 9,
+	   "... generation g+9, in that base arena");
+	snap_model_free(fresh);
+	snap_model_free(m);
 }
 
-/* Reader and writer racing: a reader must never see its snapshot change. */
+/* Reader and writer racing: a reader must never see its view change. */
 typedef struct race {
-	shm_t *shm;
 	atomic_int stop;
 	long reads, torn;
 } race_t;
@@ -717,71 +1408,134 @@ typedef struct race {
 static void *race_reader(void *arg)
 {
 	race_t *rc = arg;
-	shm_proc_sh_t *slot = &rc->shm->procs[SHM_PROC_WORKER(0)];
+	shm_proc_sh_t *slot = &shm.procs[SHM_PROC_WORKER(1)];
 	tg_ip_t ip = ip_of("1.2.3.4");
+	snap_view_t v;
 
 	while (!atomic_load(&rc->stop)) {
-		const snap_sh_t *s = snap_acquire(rc->shm, slot);
-
-		if (s == NULL)
+		if (!snap_acquire(&shm, slot, &v))
 			continue;
 
-		uint64_t g = s->generation;
+		uint64_t g = v.head->generation;
 		snap_match_t m;
 
 		for (int i = 0; i < 8; i++) {
-			if (snap_lookup(s, &ip, 5060, NULL, 0, SNAP_DIR_INGRESS, &m) != SNAP_MATCH ||
+			if (snap_lookup(&v, &ip, 5060, NULL, 0, SNAP_DIR_INGRESS, &m) != SNAP_MATCH ||
 			    m.rule->id != (int64_t)g)
 				rc->torn++;
 		}
-		if (s->generation != g || snap_checksum(s) != s->checksum)
+		if (v.head->generation != g || snap_head_checksum(v.head) != v.head->checksum ||
+		    v.base->generation != v.head->base_generation ||
+		    snap_base_checksum(v.base) != v.base->checksum)
 			rc->torn++;
 		rc->reads++;
-		snap_release(slot);
+		snap_release(slot, &v);
 	}
 	return NULL;
 }
 
+/* Generation g: 1.2.3.4 belongs to a rule whose id is g, so readers can tell. */
+static int publish_gen(snap_model_t *m, int64_t *prev)
+{
+	int64_t next = (int64_t)atomic_load(&shm.snapctl->generation) + 1;
+	int rc;
+
+	if (*prev != next) {
+		snap_model_rule_del(m, *prev);
+		rule_plain(m, next, 1, "1.2.3.4");
+		*prev = next;
+	}
+	rc = snap_model_publish(m, &shm, 0, &last);
+	if (rc == 0 && next % 50 == 0)
+		rule_plain(m, 1000000 + next, 1, "10.0.0.0/8");
+	return rc;
+}
+
+/* What the loader does on a full load: only the current rule survives, and the next publish compacts. */
+static void full_load(snap_model_t *m, int64_t current)
+{
+	snap_model_mark_begin(m);
+	account(m, 1, 1);
+	rule_plain(m, current, 1, "1.2.3.4");
+	snap_model_sweep(m);
+}
+
 static void test_publish_race(void)
 {
-	shm_t shm;
-	race_t rc = {.shm = &shm};
+	race_t rc = {0};
 	pthread_t th;
-	long published = 0, refused = 0;
+	long published = 0, refused = 0, compactions = 0;
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	int64_t prev = 0;
+	uint64_t until_ms = tg_now_ms() + 1500;
 
-	fake_shm(&shm);
-	publish_gen(&shm);
-	published++;
+	snap_release(&shm.procs[SHM_PROC_WORKER(0)], &view);
+	account(m, 1, 1);
+	while (publish_gen(m, &prev) != 0)
+		;
 	pthread_create(&th, NULL, race_reader, &rc);
-	while (published < 20000) {
-		if (publish_gen(&shm) == 0)
+	/* Each publish waits for the reader to move on, so a slow machine gets fewer: bounded by time too. */
+	while (published < 20000 && (published < 500 || tg_now_ms() < until_ms)) {
+		if (published % 97 == 0)
+			full_load(m, prev);
+		if (publish_gen(m, &prev) == 0) {
 			published++;
-		else
+			compactions += last.kind == SNAP_PUBLISH_COMPACTION;
+		} else {
 			refused++;
+		}
 		if (refused % 64 == 63)
 			sched_yield();
 	}
 	atomic_store(&rc.stop, 1);
 	pthread_join(th, NULL);
-	printf("# race: %ld published, %ld refused while held, %ld reads\n", published, refused, rc.reads);
-	ok(rc.reads > 0 && rc.torn == 0, "a reader never sees its snapshot rewritten (%ld reads, %ld torn)",
+	printf("# race: %ld published (%ld compactions), %ld refused while held, %ld reads\n", published,
+	       compactions, refused, rc.reads);
+	ok(rc.reads > 0 && rc.torn == 0, "a reader never sees its view rewritten (%ld reads, %ld torn)",
 	   rc.reads, rc.torn);
-	free(fake_region);
+	ok(compactions > 3 && compactions < published, "deltas and compactions both raced the reader");
+	snap_model_free(m);
+}
+
+static void make_shm(shm_t *sh, uint32_t cap_accounts, uint32_t cap_rules)
+{
+	tg_config_t cfg;
+
+	tg_config_defaults(&cfg);
+	cfg.workers = 2;
+	cfg.cap_accounts = cap_accounts;
+	cfg.cap_ip_rules = cap_rules;
+	if (shm_create(sh, &cfg) < 0) {
+		printf("Bail out! shm_create failed\n");
+		exit(1);
+	}
 }
 
 int main(void)
 {
-	arena_a = aligned_alloc(64, ARENA_SIZE);
-	arena_b = aligned_alloc(64, ARENA_SIZE);
-	test_basic_matching();
+	tg_log_set_level(TG_LOG_WARN); /* shm_created is info */
+	make_shm(&shm, CAP_ACCOUNTS, CAP_RULES);
+	make_shm(&shm2, CAP_ACCOUNTS, CAP_RULES);
+	test_layout();
+	test_basic_in_base();
+	test_basic_in_overlay();
+	test_basic_split();
 	test_whole_space();
-	test_builder_errors();
+	test_model_errors();
+	test_delta_semantics();
+	test_account_slots();
+	test_mark_sweep();
+	test_compaction_triggers();
 	test_space();
 	test_checksum();
 	test_random_cross_check();
+	test_bucket_edges();
+	test_random_deltas();
 	test_publish_protocol();
 	test_publish_race();
-	free(arena_a);
-	free(arena_b);
+	snap_release(&shm.procs[SHM_PROC_WORKER(0)], &view);
+	snap_release(&shm2.procs[SHM_PROC_WORKER(0)], &view2);
+	shm_destroy(&shm);
+	shm_destroy(&shm2);
 	return done_testing();
 }

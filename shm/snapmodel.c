@@ -1,0 +1,1016 @@
+/*
+ * The loader's model of provisioning: every account and rule in the
+ * loader's heap, changed row by row (put and delete by id, or a whole
+ * load marked and swept), and the decision, at each publish, between a
+ * delta (a new head over the current base) and a compaction (a new base
+ * and a head with an empty overlay). It writes only the arenas
+ * snapshot.c's protocol says are free, never logs, and leaves reporting
+ * to the loader.
+ *
+ * What the model remembers about the current base, per rule:
+ *   R_IN_BASE  the base holds entries of this id that no tombstone hides;
+ *   R_DIRTY    put since the base: its entries go into the overlay.
+ * Putting an R_IN_BASE rule, or deleting it, tombstones its id and clears
+ * R_IN_BASE, so each id enters the tombstone list at most once and the
+ * list can never outgrow the rules the base held (its room is reserved at
+ * compaction: a delete never fails for memory). A compaction writes every
+ * live rule into the new base and starts both lists afresh.
+ *
+ * Accounts sit in slots, in the very format heads carry, so a head's
+ * account table is one copy. A deleted account's slot stays DELETED, as
+ * tombstoned base entries still name it, until a compaction publishes a
+ * base without them; only then is the slot FREE for another account.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "lib/clock.h"
+#include "shm/snapshot.h"
+#include "shm/snapshot_int.h"
+
+#define NONE UINT32_MAX
+
+enum rule_flag {
+	R_LIVE = 1,
+	R_DIRTY = 2,
+	R_IN_BASE = 4,
+	R_SEEN = 8, /* scratch, while de-duplicating the dirty list */
+};
+
+typedef struct mrule {
+	int64_t id;
+	tg_range_t one;   /* the range when nranges == 1 */
+	tg_range_t *many; /* heap copy when nranges > 1 */
+	uint32_t slot;    /* account slot */
+	uint32_t next;    /* the account's rule list; the free list when not live */
+	uint32_t prev;
+	uint32_t mark; /* the mark it was last put under */
+	uint16_t port;
+	uint8_t nranges, active, direction, prefix_len, flags;
+	char prefix[SNAP_PREFIX_MAX]; /* zero-padded, copied into entries whole */
+} mrule_t;
+
+typedef struct mslot {
+	uint32_t mark;
+	uint32_t first_rule; /* NONE: no rules */
+	uint32_t next_free;  /* while FREE */
+} mslot_t;
+
+/* id -> index: open addressing, linear probing, at most half full. */
+typedef struct id_slot {
+	int64_t id;
+	uint32_t idx1; /* index + 1; 0 = empty */
+} id_slot_t;
+
+typedef struct id_map {
+	id_slot_t *slots;
+	size_t mask; /* capacity - 1, capacity a power of two */
+	size_t used;
+} id_map_t;
+
+struct snap_model {
+	uint32_t cap_accounts, cap_rules; /* what shm was sized for */
+	uint32_t slot_cap;                /* account slots a head holds */
+	uint32_t ov_cap;                  /* overlay entries and tombstones a head holds */
+	uint32_t reclaim_at;              /* deleted slots that call for a compaction */
+
+	snap_account_sh_t *accounts; /* [nslots], by slot, as heads carry them */
+	mslot_t *slots;              /* [nslots] */
+	uint32_t nslots, cap_slots, live_accounts, deleted_slots, free_slot;
+	id_map_t account_ids;
+
+	mrule_t *rules; /* slab: [nused], holes on the free list */
+	uint32_t nused, cap_used, live_rules, free_rule;
+	id_map_t rule_ids;
+
+	uint32_t *dirty; /* rule indices, maybe stale or repeated until collect_dirty() */
+	uint32_t ndirty, cap_dirty;
+	int64_t *tombs; /* ids, each once */
+	uint32_t ntombs, cap_tombs;
+	uint32_t ov_rules, ov_entries; /* from the last collect_dirty() */
+
+	uint32_t mark;
+	int has_base, need_base;
+	unsigned base_arena;
+	uint64_t base_gen;
+};
+
+/* ------------------------------------------------------------------ */
+/* id maps                                                             */
+
+static uint64_t id_hash(int64_t id)
+{
+	/* splitmix64's finaliser: sequential database ids spread evenly. */
+	uint64_t x = (uint64_t)id;
+
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ULL;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebULL;
+	x ^= x >> 31;
+	return x;
+}
+
+/* The slot holding id, or the empty slot where it belongs. */
+static id_slot_t *id_map_slot(const id_map_t *map, int64_t id)
+{
+	size_t i = id_hash(id) & map->mask;
+
+	while (map->slots[i].idx1 != 0 && map->slots[i].id != id)
+		i = (i + 1) & map->mask;
+	return &map->slots[i];
+}
+
+/* Room for one more id, so that the put after it cannot fail. Returns 0 or -1. */
+static int id_map_reserve(id_map_t *map)
+{
+	size_t cap = map->slots ? map->mask + 1 : 0;
+
+	if ((map->used + 1) * 2 <= cap)
+		return 0;
+	cap = cap ? cap * 2 : 1024;
+
+	id_map_t bigger = {calloc(cap, sizeof(id_slot_t)), cap - 1, map->used};
+
+	if (bigger.slots == NULL)
+		return -1;
+	for (size_t i = 0; map->slots && i <= map->mask; i++)
+		if (map->slots[i].idx1 != 0)
+			*id_map_slot(&bigger, map->slots[i].id) = map->slots[i];
+	free(map->slots);
+	*map = bigger;
+	return 0;
+}
+
+/* The index stored for id, or -1. */
+static int64_t id_map_get(const id_map_t *map, int64_t id)
+{
+	if (map->slots == NULL)
+		return -1;
+
+	const id_slot_t *slot = id_map_slot(map, id);
+
+	return slot->idx1 ? (int64_t)slot->idx1 - 1 : -1;
+}
+
+/* id absent, id_map_reserve() done. */
+static void id_map_put(id_map_t *map, int64_t id, uint32_t idx)
+{
+	id_slot_t *slot = id_map_slot(map, id);
+
+	assert(slot->idx1 == 0 && (map->used + 1) * 2 <= map->mask + 1);
+	slot->id = id;
+	slot->idx1 = idx + 1;
+	map->used++;
+}
+
+/*
+ * id present. Backward shift: later members of the probe run move into
+ * the hole when it lies on their own path from their home slot, so a
+ * lookup never stops at a hole before the id it seeks.
+ */
+static void id_map_del(id_map_t *map, int64_t id)
+{
+	size_t i = (size_t)(id_map_slot(map, id) - map->slots);
+
+	assert(map->slots[i].idx1 != 0);
+	map->slots[i].idx1 = 0;
+	map->used--;
+	for (size_t j = (i + 1) & map->mask; map->slots[j].idx1 != 0; j = (j + 1) & map->mask) {
+		size_t home = id_hash(map->slots[j].id) & map->mask;
+
+		if (((j - home) & map->mask) >= ((j - i) & map->mask)) {
+			map->slots[i] = map->slots[j];
+			map->slots[j].idx1 = 0;
+			i = j;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* the model                                                           */
+
+/* Room for one more element of *arr. Returns 0 or -1. */
+static int grow_array(void **arr, uint32_t n, uint32_t *cap, size_t elem)
+{
+	if (n < *cap)
+		return 0;
+	if (n >= UINT32_MAX / 2)
+		return -1;
+
+	uint32_t want = *cap ? *cap * 2 : 256;
+	void *p = realloc(*arr, (size_t)want * elem);
+
+	if (p == NULL)
+		return -1;
+	*arr = p;
+	*cap = want;
+	return 0;
+}
+
+snap_model_t *snap_model_new(uint32_t cap_accounts, uint32_t cap_rules)
+{
+	snap_model_t *m = calloc(1, sizeof(*m));
+
+	if (m == NULL)
+		return NULL;
+	m->cap_accounts = cap_accounts;
+	m->cap_rules = cap_rules;
+	m->slot_cap = snap_account_slots(cap_accounts);
+	m->ov_cap = snap_overlay_cap(cap_rules);
+	m->reclaim_at = cap_accounts / 2 > 64 ? cap_accounts / 2 : 64;
+	m->free_slot = NONE;
+	m->free_rule = NONE;
+	m->mark = 1;
+	m->need_base = 1;
+	return m;
+}
+
+void snap_model_free(snap_model_t *m)
+{
+	if (m == NULL)
+		return;
+	for (uint32_t i = 0; i < m->nused; i++)
+		if (m->rules[i].flags & R_LIVE)
+			free(m->rules[i].many);
+	free(m->accounts);
+	free(m->slots);
+	free(m->account_ids.slots);
+	free(m->rules);
+	free(m->rule_ids.slots);
+	free(m->dirty);
+	free(m->tombs);
+	free(m);
+}
+
+uint32_t snap_model_naccounts(const snap_model_t *m)
+{
+	return m->live_accounts;
+}
+
+uint32_t snap_model_nrules(const snap_model_t *m)
+{
+	return m->live_rules;
+}
+
+/* ------------------------------------------------------------------ */
+/* accounts                                                            */
+
+/* Room for one more slot at the end. Returns 0 or -1. */
+static int slots_grow(snap_model_t *m)
+{
+	if (m->nslots < m->cap_slots)
+		return 0;
+
+	uint32_t want = m->cap_slots ? m->cap_slots * 2 : 64;
+	snap_account_sh_t *a = realloc(m->accounts, (size_t)want * sizeof(*a));
+
+	if (a == NULL)
+		return -1;
+	m->accounts = a;
+
+	mslot_t *s = realloc(m->slots, (size_t)want * sizeof(*s));
+
+	if (s == NULL)
+		return -1;
+	m->slots = s;
+	m->cap_slots = want;
+	return 0;
+}
+
+/* A slot for a new account: a reclaimed one first. Returns it, or NONE with *err. */
+static uint32_t slot_take(snap_model_t *m, const char **err)
+{
+	uint32_t s = m->free_slot;
+
+	if (s != NONE) {
+		m->free_slot = m->slots[s].next_free;
+	} else if (m->nslots >= m->slot_cap) {
+		/* More deletes than accounts since the last compaction: publish, then retry. */
+		*err = "no free account slot";
+		return NONE;
+	} else if (slots_grow(m) < 0) {
+		*err = "out of memory";
+		return NONE;
+	} else {
+		s = m->nslots++;
+	}
+	m->slots[s].first_rule = NONE;
+	m->live_accounts++;
+	return s;
+}
+
+int snap_model_account_put(snap_model_t *m, int64_t id, const char *name, int active, uint32_t max_channels,
+                           uint32_t max_cps, const char **err)
+{
+	const char *dummy;
+	int64_t s;
+
+	if (err == NULL)
+		err = &dummy;
+	if (name == NULL)
+		name = "";
+	if (strlen(name) >= SNAP_NAME_MAX) {
+		*err = "account name too long";
+		return -1;
+	}
+	s = id_map_get(&m->account_ids, id);
+	if (s < 0) {
+		if (id_map_reserve(&m->account_ids) < 0) {
+			*err = "out of memory";
+			return -1;
+		}
+		if ((s = slot_take(m, err)) == NONE)
+			return -1;
+		id_map_put(&m->account_ids, id, (uint32_t)s);
+	}
+
+	snap_account_sh_t *a = &m->accounts[s];
+
+	/* Zeroed padding keeps a head's bytes a function of its content only. */
+	memset(a, 0, sizeof(*a));
+	a->id = id;
+	a->active = active ? 1 : 0;
+	a->max_channels = max_channels;
+	a->max_cps = max_cps;
+	a->state = SNAP_ACCOUNT_LIVE;
+	strcpy(a->name, name);
+	m->slots[s].mark = m->mark;
+	return 0;
+}
+
+static void rule_remove(snap_model_t *m, uint32_t i);
+
+int snap_model_account_del(snap_model_t *m, int64_t id)
+{
+	int64_t s = id_map_get(&m->account_ids, id);
+
+	if (s < 0) {
+		errno = ENOENT;
+		return -1;
+	}
+	while (m->slots[s].first_rule != NONE)
+		rule_remove(m, m->slots[s].first_rule);
+	id_map_del(&m->account_ids, id);
+	/* id and name stay, for whoever inspects a head; nothing matches it any more. */
+	m->accounts[s].state = SNAP_ACCOUNT_DELETED;
+	m->accounts[s].active = 0;
+	m->live_accounts--;
+	m->deleted_slots++;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* rules                                                               */
+
+static const tg_range_t *rule_ranges(const mrule_t *r)
+{
+	return r->nranges > 1 ? r->many : &r->one;
+}
+
+static void rule_link(snap_model_t *m, uint32_t i, uint32_t slot)
+{
+	mrule_t *r = &m->rules[i];
+
+	r->slot = slot;
+	r->prev = NONE;
+	r->next = m->slots[slot].first_rule;
+	if (r->next != NONE)
+		m->rules[r->next].prev = i;
+	m->slots[slot].first_rule = i;
+}
+
+static void rule_unlink(snap_model_t *m, uint32_t i)
+{
+	mrule_t *r = &m->rules[i];
+
+	if (r->prev != NONE)
+		m->rules[r->prev].next = r->next;
+	else
+		m->slots[r->slot].first_rule = r->next;
+	if (r->next != NONE)
+		m->rules[r->next].prev = r->prev;
+}
+
+/* Its old entries in the base must be ignored from now on. Room was reserved at compaction. */
+static void rule_tombstone(snap_model_t *m, mrule_t *r)
+{
+	if (!(r->flags & R_IN_BASE))
+		return;
+	assert(m->ntombs < m->cap_tombs);
+	m->tombs[m->ntombs++] = r->id;
+	r->flags &= (uint8_t)~R_IN_BASE;
+}
+
+static void rule_remove(snap_model_t *m, uint32_t i)
+{
+	mrule_t *r = &m->rules[i];
+
+	assert(r->flags & R_LIVE);
+	rule_tombstone(m, r);
+	rule_unlink(m, i);
+	id_map_del(&m->rule_ids, r->id);
+	free(r->many);
+	r->many = NULL;
+	r->flags = 0;
+	r->next = m->free_rule;
+	m->free_rule = i;
+	m->live_rules--;
+}
+
+int snap_model_rule_del(snap_model_t *m, int64_t id)
+{
+	int64_t i = id_map_get(&m->rule_ids, id);
+
+	if (i < 0) {
+		errno = ENOENT;
+		return -1;
+	}
+	rule_remove(m, (uint32_t)i);
+	return 0;
+}
+
+static const char *range_check(const tg_range_t *r)
+{
+	if (r->family != AF_INET && r->family != AF_INET6)
+		return "bad range family";
+	if (tg_ip_cmp(&r->first, &r->last) > 0)
+		return "range end before start";
+	return NULL;
+}
+
+/* A rule as put, checked and filled in, before it touches the model. */
+typedef struct rule_in {
+	mrule_t r;
+	const tg_range_t *ranges;
+} rule_in_t;
+
+static const char *rule_in_make(const snap_model_t *m, rule_in_t *in, int64_t id, int64_t account_id,
+                                const tg_range_t *ranges, unsigned nranges, uint16_t port,
+                                const char *tech_prefix, int active, unsigned direction)
+{
+	int64_t slot = id_map_get(&m->account_ids, account_id);
+	const char *err;
+
+	if (slot < 0)
+		return "unknown account";
+	if (nranges > SNAP_MAX_RANGES)
+		return "too many ranges";
+	if (nranges > 0 && ranges == NULL)
+		return "no ranges given";
+	for (unsigned k = 0; k < nranges; k++)
+		if ((err = range_check(&ranges[k])) != NULL)
+			return err;
+	if (strlen(tech_prefix) >= SNAP_PREFIX_MAX)
+		return "tech prefix too long";
+	if (direction < SNAP_DIR_INGRESS || direction > SNAP_DIR_BOTH)
+		return "bad direction";
+	memset(in, 0, sizeof(*in));
+	in->r.id = id;
+	in->r.slot = (uint32_t)slot;
+	in->r.port = port;
+	in->r.nranges = (uint8_t)nranges;
+	in->r.active = active ? 1 : 0;
+	in->r.direction = (uint8_t)direction;
+	in->r.prefix_len = (uint8_t)strlen(tech_prefix);
+	strcpy(in->r.prefix, tech_prefix);
+	in->ranges = ranges;
+	return NULL;
+}
+
+static int range_same(const tg_range_t *a, const tg_range_t *b)
+{
+	return a->family == b->family && tg_ip_cmp(&a->first, &b->first) == 0 &&
+	       tg_ip_cmp(&a->last, &b->last) == 0;
+}
+
+/* A put that changes nothing dirties nothing: a full load over an unchanged table stays cheap. */
+static int rule_same(const mrule_t *r, const rule_in_t *in)
+{
+	const tg_range_t *have = rule_ranges(r);
+
+	if (r->slot != in->r.slot || r->port != in->r.port || r->nranges != in->r.nranges ||
+	    r->active != in->r.active || r->direction != in->r.direction ||
+	    strcmp(r->prefix, in->r.prefix) != 0)
+		return 0;
+	for (unsigned k = 0; k < r->nranges; k++)
+		if (!range_same(&have[k], &in->ranges[k]))
+			return 0;
+	return 1;
+}
+
+/* Copies the ranges where the rule keeps them. Returns 0 or -1 (out of memory). */
+static int rule_in_ranges(rule_in_t *in)
+{
+	uint8_t n = in->r.nranges;
+
+	if (n == 1)
+		in->r.one = in->ranges[0];
+	if (n <= 1)
+		return 0;
+	in->r.many = malloc(n * sizeof(tg_range_t));
+	if (in->r.many == NULL)
+		return -1;
+	memcpy(in->r.many, in->ranges, n * sizeof(tg_range_t));
+	return 0;
+}
+
+/* Room for a new rule's slab slot, its id and its dirty mark. Returns 0 or -1. */
+static int rule_reserve(snap_model_t *m, int fresh)
+{
+	if (grow_array((void **)&m->dirty, m->ndirty, &m->cap_dirty, sizeof(*m->dirty)) < 0)
+		return -1;
+	if (!fresh)
+		return 0;
+	if (id_map_reserve(&m->rule_ids) < 0)
+		return -1;
+	return m->free_rule != NONE
+	               ? 0
+	               : grow_array((void **)&m->rules, m->nused, &m->cap_used, sizeof(*m->rules));
+}
+
+static void rule_dirty(snap_model_t *m, uint32_t i)
+{
+	mrule_t *r = &m->rules[i];
+
+	if (r->flags & R_DIRTY)
+		return;
+	r->flags |= R_DIRTY;
+	assert(m->ndirty < m->cap_dirty);
+	m->dirty[m->ndirty++] = i;
+}
+
+/* Writes in over the rule at i (live or a fresh slot), keeping its base flags. */
+static void rule_store(snap_model_t *m, uint32_t i, rule_in_t *in, int fresh)
+{
+	mrule_t *r = &m->rules[i];
+	uint8_t keep = fresh ? R_LIVE : r->flags;
+
+	if (!fresh) {
+		rule_tombstone(m, r);
+		keep = r->flags;
+		rule_unlink(m, i);
+		free(r->many);
+	}
+	*r = in->r;
+	r->flags = keep;
+	r->mark = m->mark;
+	rule_link(m, i, in->r.slot);
+	rule_dirty(m, i);
+}
+
+int snap_model_rule_put(snap_model_t *m, int64_t id, int64_t account_id, const tg_range_t *ranges,
+                        unsigned nranges, uint16_t port, const char *tech_prefix, int active,
+                        unsigned direction, const char **err)
+{
+	const char *dummy;
+	rule_in_t in;
+	int64_t have = id_map_get(&m->rule_ids, id);
+	uint32_t i;
+
+	if (err == NULL)
+		err = &dummy;
+	*err = rule_in_make(m, &in, id, account_id, ranges, nranges, port, tech_prefix ? tech_prefix : "",
+	                    active, direction);
+	if (*err != NULL)
+		return -1;
+	if (have >= 0 && rule_same(&m->rules[have], &in)) {
+		m->rules[have].mark = m->mark;
+		return 0;
+	}
+	if (rule_reserve(m, have < 0) < 0 || rule_in_ranges(&in) < 0) {
+		*err = "out of memory";
+		return -1;
+	}
+	if (have >= 0) {
+		rule_store(m, (uint32_t)have, &in, 0);
+		return 0;
+	}
+	if (m->free_rule != NONE) {
+		i = m->free_rule;
+		m->free_rule = m->rules[i].next;
+	} else {
+		i = m->nused++;
+	}
+	id_map_put(&m->rule_ids, id, i);
+	rule_store(m, i, &in, 1);
+	m->live_rules++;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* full loads and iteration                                            */
+
+void snap_model_mark_begin(snap_model_t *m)
+{
+	if (++m->mark == 0)
+		m->mark = 1;
+}
+
+uint32_t snap_model_sweep(snap_model_t *m)
+{
+	uint32_t before = m->live_accounts + m->live_rules;
+
+	for (uint32_t s = 0; s < m->nslots; s++)
+		if (m->accounts[s].state == SNAP_ACCOUNT_LIVE && m->slots[s].mark != m->mark)
+			snap_model_account_del(m, m->accounts[s].id);
+	for (uint32_t i = 0; i < m->nused; i++)
+		if ((m->rules[i].flags & R_LIVE) && m->rules[i].mark != m->mark)
+			rule_remove(m, i);
+	m->need_base = 1;
+	return before - (m->live_accounts + m->live_rules);
+}
+
+int snap_model_foreach_account(const snap_model_t *m, snap_account_fn fn, void *arg)
+{
+	for (uint32_t s = 0; s < m->nslots; s++) {
+		const snap_account_sh_t *a = &m->accounts[s];
+
+		if (a->state != SNAP_ACCOUNT_LIVE)
+			continue;
+
+		snap_account_info_t info = {a->id, a->name, (int)a->active, a->max_channels, a->max_cps, s};
+		int rc = fn(arg, &info);
+
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
+int snap_model_foreach_rule(const snap_model_t *m, snap_rule_fn fn, void *arg)
+{
+	for (uint32_t i = 0; i < m->nused; i++) {
+		const mrule_t *r = &m->rules[i];
+
+		if (!(r->flags & R_LIVE))
+			continue;
+
+		snap_rule_info_t info = {r->id,          m->accounts[r->slot].id,
+		                         rule_ranges(r), r->nranges,
+		                         r->port,        r->prefix,
+		                         r->active,      r->direction};
+		int rc = fn(arg, &info);
+
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* writing a base and a head                                           */
+
+static void entry_write(snap_rule_sh_t *e, const mrule_t *r, const tg_range_t *range)
+{
+	/* Field by field over zeroes: padding never carries stale bytes into the checksum. */
+	memset(e, 0, sizeof(*e));
+	e->id = r->id;
+	e->range.first = range->first;
+	e->range.last = range->last;
+	e->range.family = range->family;
+	e->account = r->slot;
+	e->port = r->port;
+	e->active = 1;
+	e->direction = r->direction;
+	e->prefix_len = r->prefix_len;
+	memcpy(e->tech_prefix, r->prefix, SNAP_PREFIX_MAX);
+}
+
+/* Appends the rule's entries at region + off. Returns the new count, or -1 (ENOSPC). */
+static int64_t entries_put(const mrule_t *r, unsigned char *region, size_t size, size_t off, uint32_t n)
+{
+	const tg_range_t *ranges = rule_ranges(r);
+
+	if (!r->active || r->nranges == 0)
+		return n;
+	if (off + ((size_t)n + r->nranges) * sizeof(snap_rule_sh_t) > size) {
+		errno = ENOSPC;
+		return -1;
+	}
+	for (unsigned k = 0; k < r->nranges; k++)
+		entry_write((snap_rule_sh_t *)(region + off) + n++, r, &ranges[k]);
+	return n;
+}
+
+_Static_assert(offsetof(snap_base_sh_t, checksum) == 8 && offsetof(snap_head_sh_t, checksum) == 8 &&
+                       SNAP_HASHED_FROM == 16,
+               "base and head share where the checksum sits and what it covers");
+
+/* Header in, checksum over the whole region: it is now ready to publish. */
+static void region_seal(unsigned char *region, const void *hdr, size_t hdr_len, size_t size)
+{
+	memcpy(region, hdr, hdr_len);
+	memset(region + hdr_len, 0, SNAP_ALIGN8(hdr_len) - hdr_len);
+
+	uint64_t sum = snap_region_hash(region, size);
+
+	memcpy(region + offsetof(snap_base_sh_t, checksum), &sum, sizeof(sum));
+}
+
+/* Every live rule's entries, indexed. Returns the bytes used, or 0 with errno. */
+static size_t base_write(const snap_model_t *m, unsigned char *arena, size_t size, uint64_t gen,
+                         uint64_t built_ms)
+{
+	snap_base_sh_t h;
+	int64_t n = 0;
+	size_t end;
+
+	memset(&h, 0, sizeof(h));
+	h.index.off_entries = SNAP_ALIGN8(sizeof(h));
+	for (uint32_t i = 0; i < m->nused && n >= 0; i++) {
+		if (!(m->rules[i].flags & R_LIVE))
+			continue;
+
+		int64_t before = n;
+
+		n = entries_put(&m->rules[i], arena, size, h.index.off_entries, (uint32_t)n);
+		h.nrules += n > before;
+	}
+	if (n < 0)
+		return 0;
+	h.index.nentries = (uint32_t)n;
+	if ((end = snap_index_build(arena, size, &h.index, 0)) == 0)
+		return 0;
+	h.magic = SNAP_BASE_MAGIC;
+	h.size = end;
+	h.generation = gen;
+	h.built_ms = built_ms;
+	region_seal(arena, &h, sizeof(h), end);
+	return end;
+}
+
+static int id_cmp(const void *pa, const void *pb)
+{
+	int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+
+	return a < b ? -1 : a > b;
+}
+
+/* Account slots and (with_overlay) the sorted tombstones, from off. Returns the end, or 0 (ENOSPC). */
+static size_t head_tables(snap_model_t *m, unsigned char *arena, size_t size, snap_head_sh_t *h,
+                          int with_overlay)
+{
+	size_t acc = (size_t)m->nslots * sizeof(snap_account_sh_t);
+	size_t tombs = with_overlay ? (size_t)m->ntombs * sizeof(int64_t) : 0;
+
+	h->off_accounts = SNAP_ALIGN8(sizeof(*h));
+	h->off_tombs = h->off_accounts + SNAP_ALIGN8(acc);
+	h->ntombs = with_overlay ? m->ntombs : 0;
+	if (h->off_tombs + SNAP_ALIGN8(tombs) > size) {
+		errno = ENOSPC;
+		return 0;
+	}
+	if (acc > 0)
+		memcpy(arena + h->off_accounts, m->accounts, acc);
+	if (tombs > 0) {
+		/* The model's list gains ids in no order; sorting it in place keeps later sorts short. */
+		qsort(m->tombs, m->ntombs, sizeof(int64_t), id_cmp);
+		memcpy(arena + h->off_tombs, m->tombs, tombs);
+	}
+	return h->off_tombs + SNAP_ALIGN8(tombs);
+}
+
+/* The entries of every dirty rule, from off. Returns how many, or -1 (ENOSPC). */
+static int64_t overlay_entries(const snap_model_t *m, unsigned char *arena, size_t size, size_t off)
+{
+	int64_t n = 0;
+
+	for (uint32_t k = 0; k < m->ndirty && n >= 0; k++)
+		n = entries_put(&m->rules[m->dirty[k]], arena, size, off, (uint32_t)n);
+	return n;
+}
+
+/* Accounts, tombstones and overlay (with_overlay), indexed. Returns the bytes used, or 0 with errno. */
+static size_t head_write(snap_model_t *m, unsigned char *arena, size_t size, snap_head_sh_t *h,
+                         int with_overlay)
+{
+	size_t end = head_tables(m, arena, size, h, with_overlay);
+	int64_t n = 0;
+
+	if (end == 0)
+		return 0;
+	h->overlay.off_entries = end;
+	if (with_overlay && (n = overlay_entries(m, arena, size, end)) < 0)
+		return 0;
+	h->overlay.nentries = (uint32_t)n;
+	if ((end = snap_index_build(arena, size, &h->overlay, 1)) == 0)
+		return 0;
+	h->magic = SNAP_HEAD_MAGIC;
+	h->size = end;
+	h->naccounts = m->nslots;
+	h->live_accounts = m->live_accounts;
+	h->nrules = m->live_rules;
+	h->overlay_rules = with_overlay ? m->ov_rules : 0;
+	region_seal(arena, h, sizeof(*h), end);
+	return end;
+}
+
+/* ------------------------------------------------------------------ */
+/* publishing                                                          */
+
+/*
+ * Drops stale and repeated indices from the dirty list (a rule deleted,
+ * its slab slot reused) and counts what the overlay would hold.
+ */
+static void collect_dirty(snap_model_t *m)
+{
+	uint32_t n = 0;
+
+	m->ov_rules = 0;
+	m->ov_entries = 0;
+	for (uint32_t k = 0; k < m->ndirty; k++) {
+		mrule_t *r = &m->rules[m->dirty[k]];
+
+		if ((r->flags & (R_LIVE | R_DIRTY | R_SEEN)) != (R_LIVE | R_DIRTY))
+			continue;
+		r->flags |= R_SEEN;
+		m->dirty[n++] = m->dirty[k];
+		if (r->active && r->nranges > 0) {
+			m->ov_rules++;
+			m->ov_entries += r->nranges;
+		}
+	}
+	for (uint32_t k = 0; k < n; k++)
+		m->rules[m->dirty[k]].flags &= (uint8_t)~R_SEEN;
+	m->ndirty = n;
+}
+
+static const snap_head_sh_t *current_head(shm_t *shm, uint64_t cur)
+{
+	/* The loader wrote it and nothing rewrites the current head: no epoch needed to read it. */
+	return cur == 0 ? NULL : shm->head_arena[cur & 1];
+}
+
+/* Why this publish must be a compaction, or NULL for a delta. */
+static const char *compaction_reason(const snap_model_t *m, shm_t *shm, uint64_t cur, int force)
+{
+	const snap_head_sh_t *h = current_head(shm, cur);
+
+	if (force)
+		return "forced";
+	if (!m->has_base)
+		return "first";
+	if (m->need_base)
+		return "full load";
+	if (h == NULL || h->base_generation != m->base_gen || h->base_arena != m->base_arena)
+		return "base replaced";
+	if (m->ov_entries > m->ov_cap)
+		return "overlay full";
+	if (m->ntombs > m->ov_cap)
+		return "tombstones full";
+	if (m->deleted_slots > m->reclaim_at)
+		return "account slots";
+	return NULL;
+}
+
+static int publish_delta(snap_model_t *m, shm_t *shm, uint64_t cur, uint64_t built_ms,
+                         snap_publish_stats_t *st)
+{
+	snap_head_sh_t h;
+	uint64_t gen = cur + 1;
+
+	if (!snap_head_arena_free(shm))
+		return 1;
+	memset(&h, 0, sizeof(h));
+	h.generation = gen;
+	h.base_generation = m->base_gen;
+	h.base_arena = m->base_arena;
+	h.built_ms = built_ms;
+	if ((st->head_bytes = head_write(m, shm->head_arena[gen & 1], shm->head_size, &h, 1)) == 0)
+		return -1;
+	snap_publish(shm, gen);
+	st->kind = SNAP_PUBLISH_DELTA;
+	st->reason = NULL;
+	st->base_bytes = ((const snap_base_sh_t *)shm->base_arena[m->base_arena])->size;
+	st->overlay_rules = m->ov_rules;
+	st->overlay_entries = m->ov_entries;
+	st->tombstones = m->ntombs;
+	return 0;
+}
+
+/* Room for every tombstone the new base can give rise to. Returns 0 or -1 (ENOMEM). */
+static int tombs_reserve(snap_model_t *m)
+{
+	uint32_t want = 0;
+
+	for (uint32_t i = 0; i < m->nused; i++)
+		want += (m->rules[i].flags & R_LIVE) && m->rules[i].active && m->rules[i].nranges > 0;
+	if (want <= m->cap_tombs)
+		return 0;
+
+	int64_t *p = realloc(m->tombs, (size_t)want * sizeof(int64_t));
+
+	if (p == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	m->tombs = p;
+	m->cap_tombs = want;
+	return 0;
+}
+
+/* The new base is published: it holds every live rule, so start the change lists afresh. */
+static void compaction_done(snap_model_t *m, unsigned b, uint64_t gen)
+{
+	for (uint32_t i = 0; i < m->nused; i++) {
+		mrule_t *r = &m->rules[i];
+
+		if (r->flags & R_LIVE)
+			r->flags = R_LIVE | (r->active && r->nranges > 0 ? R_IN_BASE : 0);
+	}
+	m->ndirty = 0;
+	m->ntombs = 0;
+	for (uint32_t s = 0; s < m->nslots; s++) {
+		if (m->accounts[s].state != SNAP_ACCOUNT_DELETED)
+			continue;
+		memset(&m->accounts[s], 0, sizeof(m->accounts[s]));
+		m->slots[s].next_free = m->free_slot;
+		m->free_slot = s;
+	}
+	m->deleted_slots = 0;
+	m->has_base = 1;
+	m->need_base = 0;
+	m->base_arena = b;
+	m->base_gen = gen;
+}
+
+static int publish_compaction(snap_model_t *m, shm_t *shm, uint64_t cur, uint64_t built_ms,
+                              snap_publish_stats_t *st)
+{
+	const snap_head_sh_t *now = current_head(shm, cur);
+	unsigned b = now == NULL ? 0 : 1 - now->base_arena;
+	uint64_t gen = cur + 1;
+	snap_head_sh_t h;
+
+	/* Both arenas checked before a byte is written: a busy one costs nothing. */
+	if (!snap_head_arena_free(shm) || !snap_base_arena_free(shm, b))
+		return 1;
+	if (tombs_reserve(m) < 0)
+		return -1;
+	if ((st->base_bytes = base_write(m, shm->base_arena[b], shm->base_size, gen, built_ms)) == 0)
+		return -1;
+	memset(&h, 0, sizeof(h));
+	h.generation = gen;
+	h.base_generation = gen;
+	h.base_arena = b;
+	h.built_ms = built_ms;
+	if ((st->head_bytes = head_write(m, shm->head_arena[gen & 1], shm->head_size, &h, 0)) == 0)
+		return -1;
+	snap_publish(shm, gen);
+	compaction_done(m, b, gen);
+	st->kind = SNAP_PUBLISH_COMPACTION;
+	st->overlay_rules = 0;
+	st->overlay_entries = 0;
+	st->tombstones = 0;
+	return 0;
+}
+
+static int publish(snap_model_t *m, shm_t *shm, uint64_t built_ms, int force, snap_publish_stats_t *out)
+{
+	uint64_t t0 = tg_now_ns(), cur = atomic_load(&shm->snapctl->generation);
+	snap_publish_stats_t st;
+	const char *why;
+	int rc;
+
+	if (m->live_accounts > m->cap_accounts || m->live_rules > m->cap_rules) {
+		errno = ENOSPC;
+		return -1;
+	}
+	memset(&st, 0, sizeof(st));
+	collect_dirty(m);
+	why = compaction_reason(m, shm, cur, force);
+	if (why == NULL) {
+		rc = publish_delta(m, shm, cur, built_ms, &st);
+		if (rc != -1 || errno != ENOSPC)
+			goto out;
+		why = "overlay bytes"; /* deeply overlapping changes: a base has the room */
+	}
+	st.reason = why;
+	rc = publish_compaction(m, shm, cur, built_ms, &st);
+out:
+	if (rc == 0 && out != NULL) {
+		st.generation = cur + 1;
+		st.base_generation = m->base_gen;
+		st.accounts = m->live_accounts;
+		st.rules = m->live_rules;
+		st.build_us = (tg_now_ns() - t0) / 1000;
+		*out = st;
+	}
+	return rc;
+}
+
+int snap_model_publish(snap_model_t *m, shm_t *shm, uint64_t built_ms, snap_publish_stats_t *st)
+{
+	return publish(m, shm, built_ms, 0, st);
+}
+
+int snap_model_publish_base(snap_model_t *m, shm_t *shm, uint64_t built_ms, snap_publish_stats_t *st)
+{
+	return publish(m, shm, built_ms, 1, st);
+}

@@ -1,0 +1,118 @@
+/*
+ * The loader's model to the snapshot file and back. The model holds no
+ * host names (workers match addresses only), so host-name rules take
+ * theirs from the resolver on the way out and give them back to it on the
+ * way in, with the addresses they last resolved to: a gateway started
+ * from the file while DNS is down still matches them.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "sql/loader_file.h"
+
+typedef struct save_ctx {
+	snapfile_writer_t *w;
+	const resolve_t *r;
+} save_ctx_t;
+
+static int save_account(void *arg, const snap_account_info_t *a)
+{
+	save_ctx_t *s = arg;
+	snapfile_account_t fa = {a->id, a->name, a->active, a->max_channels, a->max_cps};
+
+	return snapfile_put_account(s->w, &fa) < 0 ? errno : 0;
+}
+
+static int save_rule(void *arg, const snap_rule_info_t *ri)
+{
+	save_ctx_t *s = arg;
+	const resolve_rule_t *host = s->r != NULL ? resolve_get(s->r, ri->id) : NULL;
+	snapfile_rule_t fr = {ri->id,
+	                      ri->account_id,
+	                      ri->ranges,
+	                      ri->nranges,
+	                      ri->port,
+	                      ri->tech_prefix,
+	                      host != NULL ? host->host : "",
+	                      ri->active,
+	                      ri->direction};
+
+	/* No addresses and no name to look up: nothing a reader could match, so nothing to keep. */
+	if (ri->nranges == 0 && host == NULL)
+		return 0;
+	return snapfile_put_rule(s->w, &fr) < 0 ? errno : 0;
+}
+
+int loader_file_save(const char *path, const snap_model_t *m, const resolve_t *r, uint64_t built_ms,
+                     snapfile_info_t *info)
+{
+	save_ctx_t s = {snapfile_open(path, built_ms), r};
+	int err;
+
+	if (s.w == NULL)
+		return -1;
+	err = snap_model_foreach_account(m, save_account, &s);
+	if (err == 0)
+		err = snap_model_foreach_rule(m, save_rule, &s);
+	if (err != 0) {
+		snapfile_abort(s.w);
+		errno = err;
+		return -1;
+	}
+	return snapfile_commit(s.w, info);
+}
+
+typedef struct load_ctx {
+	snap_model_t *m;
+	resolve_t *r;
+} load_ctx_t;
+
+static const char *load_account(void *arg, const snapfile_account_t *a)
+{
+	load_ctx_t *c = arg;
+	const char *err = "refused";
+
+	if (snap_model_account_put(c->m, a->id, a->name, a->active, a->max_channels, a->max_cps, &err) < 0)
+		return err;
+	return NULL;
+}
+
+static const char *load_rule(void *arg, const snapfile_rule_t *fr)
+{
+	load_ctx_t *c = arg;
+	const tg_range_t *ranges = fr->ranges;
+	unsigned nranges = fr->nranges;
+	const char *err = "refused";
+
+	if (fr->host[0] != '\0') {
+		resolve_rule_t rr;
+		const resolve_rule_t *got;
+
+		memset(&rr, 0, sizeof(rr));
+		rr.id = fr->id;
+		rr.account_id = fr->account_id;
+		rr.port = fr->port;
+		snprintf(rr.tech_prefix, sizeof(rr.tech_prefix), "%s", fr->tech_prefix);
+		rr.active = fr->active;
+		rr.direction = fr->direction;
+		snprintf(rr.host, sizeof(rr.host), "%s", fr->host);
+		if ((got = resolve_put(c->r, &rr, fr->ranges, fr->nranges)) == NULL)
+			return "out of memory";
+		ranges = got->ranges;
+		nranges = got->nranges;
+	}
+	if (snap_model_rule_put(c->m, fr->id, fr->account_id, ranges, nranges, fr->port, fr->tech_prefix,
+	                        fr->active, fr->direction, &err) < 0)
+		return err;
+	return NULL;
+}
+
+int loader_file_load(const char *path, snap_model_t *m, resolve_t *r, uint32_t cap_accounts,
+                     uint32_t cap_rules, snapfile_info_t *info, char *reason, size_t reasonlen)
+{
+	load_ctx_t c = {m, r};
+	snapfile_sink_t sink = {load_account, load_rule, &c};
+
+	return snapfile_read(path, cap_accounts, cap_rules, &sink, info, reason, reasonlen);
+}

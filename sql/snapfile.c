@@ -1,0 +1,666 @@
+/*
+ * The snapshot file: writing the loader's model to disk and reading it
+ * back, with every check that decides whether a file may be trusted.
+ *
+ * This file owns the format alone. It never logs, never touches shared
+ * memory or the database: the loader feeds it records and hands records
+ * from it to the model, and reports what it returns.
+ *
+ * Layout, every integer little-endian:
+ *
+ *   header, 64 bytes
+ *     0  magic "tgsnapf\n"
+ *     8  u32 format version (SNAPFILE_VERSION)
+ *    12  u32 shm layout version of the binary that wrote it
+ *    16  u64 saved_ms, u64 built_ms (wall clock)
+ *    32  u64 accounts, u64 rules
+ *    48  u64 bytes of records
+ *    56  u64 zero (reserved)
+ *   records: the accounts, then the rules
+ *     account: i64 id, u32 max_channels, u32 max_cps, u8 active, u8 name_len, name
+ *     rule:    i64 id, i64 account_id, u16 port, u8 active, u8 direction,
+ *              u8 nranges, u8 prefix_len, u8 host_len, prefix, host, ranges
+ *     range:   u8 4, u32 first, u32 last   or   u8 6, 2 x (u64 hi, u64 lo)
+ *   trailer: u64 checksum = H(header || H(records))
+ *
+ * The records' hash is computed while they stream out, and the header is
+ * written last (its counts and size are known only then), which is why the
+ * checksum nests: H over the header followed by the records' hash.
+ *
+ * H reads 8-byte words. Each step is a bijection of the state for a fixed
+ * word and injective in the word for a fixed state, so any change confined
+ * to one word always changes the result; other damage escapes it with odds
+ * of about 2^-64.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/clock.h"
+#include "shm/shm.h"
+#include "sql/snapfile.h"
+
+#define FH_K1 0x9e3779b97f4a7c15ULL
+#define FH_K2 0xc2b2ae3d27d4eb4fULL
+#define FH_K3 0x165667b19e3779f9ULL
+
+#define WRITE_BUF (64 * 1024) /* a multiple of 8: full buffers hash as whole words */
+
+#define ACCOUNT_MIN 18 /* bytes of an account record with an empty name */
+#define RULE_MIN    23 /* bytes of a rule record with no prefix, host or range */
+#define RANGE_MAX   33 /* bytes of an IPv6 range */
+#define RECORD_MAX  (RULE_MIN + SNAPFILE_PREFIX_MAX + SNAPFILE_HOST_MAX + SNAPFILE_MAX_RANGES * RANGE_MAX)
+
+#define V4_MAPPED 0x0000ffff00000000ULL
+
+/* ------------------------------------------------------------------ */
+/* the checksum                                                       */
+
+typedef struct fhash {
+	uint64_t h;
+	uint64_t len; /* bytes hashed */
+} fhash_t;
+
+static uint64_t le64_get(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static void fh_init(fhash_t *s)
+{
+	s->h = FH_K3;
+	s->len = 0;
+}
+
+static void fh_word(fhash_t *s, uint64_t w)
+{
+	uint64_t h = s->h ^ (w * FH_K1);
+
+	s->h = ((h << 27) | (h >> 37)) * FH_K2 + FH_K3;
+}
+
+/* n must be a multiple of 8 except in the last call before fh_final(). */
+static void fh_update(fhash_t *s, const uint8_t *p, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i + 8 <= n; i += 8)
+		fh_word(s, le64_get(p + i));
+	if (i < n) {
+		uint8_t tail[8] = {0};
+
+		memcpy(tail, p + i, n - i);
+		fh_word(s, le64_get(tail));
+	}
+	s->len += n;
+}
+
+static uint64_t fh_final(fhash_t *s)
+{
+	uint64_t h = s->h ^ s->len;
+
+	/* A final avalanche, so neighbouring inputs give unrelated sums. */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	return h ^ (h >> 33);
+}
+
+static void le_put(uint8_t *p, uint64_t v, int bytes)
+{
+	for (int i = 0; i < bytes; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The trailer's value, from the final header and the records' hash. */
+static uint64_t file_checksum(const uint8_t *header, uint64_t records_hash)
+{
+	uint8_t word[8];
+	fhash_t s;
+
+	fh_init(&s);
+	fh_update(&s, header, SNAPFILE_HEADER);
+	le_put(word, records_hash, 8);
+	fh_update(&s, word, 8);
+	return fh_final(&s);
+}
+
+/* ------------------------------------------------------------------ */
+/* writing                                                            */
+
+struct snapfile_writer {
+	int fd;
+	uint64_t built_ms;
+	uint64_t naccounts, nrules;
+	uint64_t records; /* bytes written or buffered after the header */
+	fhash_t hash;     /* of the records flushed so far */
+	size_t used;      /* bytes in buf */
+	char path[PATH_MAX];
+	char tmp[PATH_MAX];
+	uint8_t buf[WRITE_BUF];
+};
+
+static int write_all(int fd, const uint8_t *p, size_t n, off_t at)
+{
+	while (n > 0) {
+		ssize_t w = pwrite(fd, p, n, at);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+		at += w;
+	}
+	return 0;
+}
+
+/* Hashes and writes the buffer; only the last flush may leave a partial word. */
+static int flush(snapfile_writer_t *w)
+{
+	off_t at = (off_t)(SNAPFILE_HEADER + w->records - w->used);
+
+	fh_update(&w->hash, w->buf, w->used);
+	if (write_all(w->fd, w->buf, w->used, at) < 0)
+		return -1;
+	w->used = 0;
+	return 0;
+}
+
+static int put(snapfile_writer_t *w, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		size_t room = WRITE_BUF - w->used, take = n < room ? n : room;
+
+		memcpy(w->buf + w->used, p, take);
+		w->used += take;
+		w->records += take;
+		p += take;
+		n -= take;
+		if (w->used == WRITE_BUF && flush(w) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+snapfile_writer_t *snapfile_open(const char *path, uint64_t built_ms)
+{
+	snapfile_writer_t *w = calloc(1, sizeof(*w));
+	int n;
+
+	if (w == NULL)
+		return NULL;
+	n = snprintf(w->tmp, sizeof(w->tmp), "%s.tmp.%d", path, (int)getpid());
+	if (n < 0 || (size_t)n >= sizeof(w->tmp)) {
+		free(w);
+		errno = ENAMETOOLONG;
+		return NULL;
+	}
+	snprintf(w->path, sizeof(w->path), "%s", path);
+	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (w->fd < 0) {
+		free(w);
+		return NULL;
+	}
+	w->built_ms = built_ms;
+	fh_init(&w->hash);
+	return w;
+}
+
+/* Bytes of a string the format can hold, or -1. */
+static int text_len(const char *s, size_t max, int may_be_empty)
+{
+	size_t n = s != NULL ? strlen(s) : 0;
+
+	if (n > max || (n == 0 && !may_be_empty))
+		return -1;
+	return (int)n;
+}
+
+int snapfile_put_account(snapfile_writer_t *w, const snapfile_account_t *a)
+{
+	uint8_t rec[ACCOUNT_MIN + SNAPFILE_NAME_MAX];
+	int len = text_len(a->name, SNAPFILE_NAME_MAX, 0);
+
+	/* Accounts first: a reader puts rules only into accounts it already has. */
+	if (len < 0 || w->nrules > 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	le_put(rec, (uint64_t)a->id, 8);
+	le_put(rec + 8, a->max_channels, 4);
+	le_put(rec + 12, a->max_cps, 4);
+	rec[16] = a->active ? 1 : 0;
+	rec[17] = (uint8_t)len;
+	memcpy(rec + ACCOUNT_MIN, a->name, (size_t)len);
+	w->naccounts++;
+	return put(w, rec, ACCOUNT_MIN + (size_t)len);
+}
+
+/* Appends one range at p; returns its bytes, or 0 when it is not a valid range. */
+static size_t range_encode(uint8_t *p, const tg_range_t *r)
+{
+	if (tg_ip_cmp(&r->first, &r->last) > 0)
+		return 0;
+	if (r->family == AF_INET) {
+		if (!tg_ip_is_v4(&r->first) || !tg_ip_is_v4(&r->last))
+			return 0;
+		p[0] = 4;
+		le_put(p + 1, r->first.lo & 0xffffffffULL, 4);
+		le_put(p + 5, r->last.lo & 0xffffffffULL, 4);
+		return 9;
+	}
+	if (r->family != AF_INET6)
+		return 0;
+	p[0] = 6;
+	le_put(p + 1, r->first.hi, 8);
+	le_put(p + 9, r->first.lo, 8);
+	le_put(p + 17, r->last.hi, 8);
+	le_put(p + 25, r->last.lo, 8);
+	return RANGE_MAX;
+}
+
+int snapfile_put_rule(snapfile_writer_t *w, const snapfile_rule_t *r)
+{
+	uint8_t rec[RECORD_MAX];
+	int plen = text_len(r->tech_prefix, SNAPFILE_PREFIX_MAX, 1);
+	int hlen = text_len(r->host, SNAPFILE_HOST_MAX, 1);
+	size_t n = RULE_MIN;
+
+	if (plen < 0 || hlen < 0 || r->nranges > SNAPFILE_MAX_RANGES || (r->nranges == 0 && hlen == 0) ||
+	    r->direction < 1 || r->direction > 3) {
+		errno = EINVAL;
+		return -1;
+	}
+	le_put(rec, (uint64_t)r->id, 8);
+	le_put(rec + 8, (uint64_t)r->account_id, 8);
+	le_put(rec + 16, r->port, 2);
+	rec[18] = r->active ? 1 : 0;
+	rec[19] = (uint8_t)r->direction;
+	rec[20] = (uint8_t)r->nranges;
+	rec[21] = (uint8_t)plen;
+	rec[22] = (uint8_t)hlen;
+	memcpy(rec + n, r->tech_prefix, (size_t)plen);
+	n += (size_t)plen;
+	memcpy(rec + n, r->host, (size_t)hlen);
+	n += (size_t)hlen;
+	for (unsigned i = 0; i < r->nranges; i++) {
+		size_t len = range_encode(rec + n, &r->ranges[i]);
+
+		if (len == 0) {
+			errno = EINVAL;
+			return -1;
+		}
+		n += len;
+	}
+	w->nrules++;
+	return put(w, rec, n);
+}
+
+static void header_encode(uint8_t *h, const snapfile_writer_t *w, uint64_t saved_ms)
+{
+	memset(h, 0, SNAPFILE_HEADER);
+	memcpy(h, SNAPFILE_MAGIC, 8);
+	le_put(h + 8, SNAPFILE_VERSION, 4);
+	le_put(h + 12, SHM_LAYOUT_VERSION, 4);
+	le_put(h + 16, saved_ms, 8);
+	le_put(h + 24, w->built_ms, 8);
+	le_put(h + 32, w->naccounts, 8);
+	le_put(h + 40, w->nrules, 8);
+	le_put(h + 48, w->records, 8);
+}
+
+/*
+ * The rename is what makes the new file visible; a crash before it leaves
+ * the old file whole. The directory is synced so the rename itself
+ * survives a power cut; a filesystem that cannot sync directories still
+ * has a complete file under one name or the other.
+ */
+static int file_publish(snapfile_writer_t *w)
+{
+	char dir[PATH_MAX], *slash;
+	int dfd;
+
+	if (fsync(w->fd) < 0 || close(w->fd) < 0) {
+		w->fd = -1;
+		return -1;
+	}
+	w->fd = -1;
+	if (rename(w->tmp, w->path) < 0)
+		return -1;
+	snprintf(dir, sizeof(dir), "%s", w->path);
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else
+		slash[slash == dir ? 1 : 0] = '\0';
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return 0;
+}
+
+int snapfile_commit(snapfile_writer_t *w, snapfile_info_t *info)
+{
+	uint8_t header[SNAPFILE_HEADER + SNAPFILE_TRAILER];
+	uint64_t saved_ms = tg_wall_ms();
+	int saved;
+
+	if (flush(w) < 0)
+		goto fail;
+	header_encode(header, w, saved_ms);
+	le_put(header + SNAPFILE_HEADER, file_checksum(header, fh_final(&w->hash)), 8);
+	if (write_all(w->fd, header + SNAPFILE_HEADER, SNAPFILE_TRAILER,
+	              (off_t)(SNAPFILE_HEADER + w->records)) < 0 ||
+	    write_all(w->fd, header, SNAPFILE_HEADER, 0) < 0 || file_publish(w) < 0)
+		goto fail;
+	if (info != NULL) {
+		info->saved_ms = saved_ms;
+		info->built_ms = w->built_ms;
+		info->naccounts = w->naccounts;
+		info->nrules = w->nrules;
+		info->bytes = SNAPFILE_HEADER + w->records + SNAPFILE_TRAILER;
+	}
+	free(w);
+	return 0;
+fail:
+	saved = errno;
+	snapfile_abort(w);
+	errno = saved;
+	return -1;
+}
+
+void snapfile_abort(snapfile_writer_t *w)
+{
+	int saved = errno;
+
+	if (w == NULL)
+		return;
+	if (w->fd >= 0)
+		close(w->fd);
+	unlink(w->tmp);
+	free(w);
+	errno = saved;
+}
+
+void snapfile_clean_tmp(const char *path)
+{
+	char dir[PATH_MAX], prefix[NAME_MAX + 8];
+	const char *base = strrchr(path, '/');
+	struct dirent *e;
+	size_t plen;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "%.*s", base != NULL ? (int)(base - path) + 1 : 1,
+	         base != NULL ? path : ".");
+	snprintf(prefix, sizeof(prefix), "%s.tmp.", base != NULL ? base + 1 : path);
+	plen = strlen(prefix);
+	if ((d = opendir(dir)) == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		const char *pid = e->d_name + plen;
+
+		/* Only our own leftovers: PREFIX followed by a pid. */
+		if (strncmp(e->d_name, prefix, plen) == 0 && *pid != '\0' &&
+		    strspn(pid, "0123456789") == strlen(pid))
+			unlinkat(dirfd(d), e->d_name, 0);
+	}
+	closedir(d);
+}
+
+/* ------------------------------------------------------------------ */
+/* reading                                                            */
+
+typedef struct cursor {
+	const uint8_t *p, *end;
+	int short_read; /* a field ran past the end */
+} cursor_t;
+
+static uint64_t take(cursor_t *c, int bytes)
+{
+	uint64_t v = 0;
+
+	if (c->end - c->p < bytes) {
+		c->short_read = 1;
+		c->p = c->end;
+		return 0;
+	}
+	for (int i = bytes - 1; i >= 0; i--)
+		v = v << 8 | c->p[i];
+	c->p += bytes;
+	return v;
+}
+
+/* Copies n bytes as a NUL-terminated string; refuses embedded NULs. */
+static int take_text(cursor_t *c, char *out, size_t n)
+{
+	if ((size_t)(c->end - c->p) < n) {
+		c->short_read = 1;
+		return -1;
+	}
+	memcpy(out, c->p, n);
+	out[n] = '\0';
+	c->p += n;
+	return strlen(out) == n ? 0 : -1;
+}
+
+static const char *take_range(cursor_t *c, tg_range_t *r)
+{
+	unsigned family = (unsigned)take(c, 1);
+
+	if (family == 4) {
+		r->family = AF_INET;
+		r->first.hi = r->last.hi = 0;
+		r->first.lo = V4_MAPPED | take(c, 4);
+		r->last.lo = V4_MAPPED | take(c, 4);
+	} else if (family == 6) {
+		r->family = AF_INET6;
+		r->first.hi = take(c, 8);
+		r->first.lo = take(c, 8);
+		r->last.hi = take(c, 8);
+		r->last.lo = take(c, 8);
+	} else {
+		return "range of unknown family";
+	}
+	if (tg_ip_cmp(&r->first, &r->last) > 0)
+		return "range ends before it starts";
+	return NULL;
+}
+
+static const char *take_account(cursor_t *c, const snapfile_sink_t *sink)
+{
+	char name[SNAPFILE_NAME_MAX + 1];
+	snapfile_account_t a;
+	unsigned active, len;
+
+	a.id = (int64_t)take(c, 8);
+	a.max_channels = (uint32_t)take(c, 4);
+	a.max_cps = (uint32_t)take(c, 4);
+	active = (unsigned)take(c, 1);
+	len = (unsigned)take(c, 1);
+	if (active > 1 || len == 0 || len > SNAPFILE_NAME_MAX)
+		return "bad field";
+	if (take_text(c, name, len) < 0)
+		return "bad name";
+	a.active = (int)active;
+	a.name = name;
+	return sink != NULL ? sink->account(sink->arg, &a) : NULL;
+}
+
+static const char *take_rule(cursor_t *c, const snapfile_sink_t *sink)
+{
+	char prefix[SNAPFILE_PREFIX_MAX + 1], host[SNAPFILE_HOST_MAX + 1];
+	tg_range_t ranges[SNAPFILE_MAX_RANGES];
+	snapfile_rule_t r;
+	unsigned active, plen, hlen;
+	const char *why;
+
+	r.id = (int64_t)take(c, 8);
+	r.account_id = (int64_t)take(c, 8);
+	r.port = (uint16_t)take(c, 2);
+	active = (unsigned)take(c, 1);
+	r.direction = (unsigned)take(c, 1);
+	r.nranges = (unsigned)take(c, 1);
+	plen = (unsigned)take(c, 1);
+	hlen = (unsigned)take(c, 1);
+	if (active > 1 || r.direction < 1 || r.direction > 3 || r.nranges > SNAPFILE_MAX_RANGES ||
+	    plen > SNAPFILE_PREFIX_MAX || hlen > SNAPFILE_HOST_MAX || (r.nranges == 0 && hlen == 0))
+		return "bad field";
+	if (take_text(c, prefix, plen) < 0 || take_text(c, host, hlen) < 0)
+		return "bad text";
+	for (unsigned i = 0; i < r.nranges; i++)
+		if ((why = take_range(c, &ranges[i])) != NULL)
+			return why;
+	r.active = (int)active;
+	r.tech_prefix = prefix;
+	r.host = host;
+	r.ranges = ranges;
+	return sink != NULL ? sink->rule(sink->arg, &r) : NULL;
+}
+
+typedef struct file_view {
+	const uint8_t *data;
+	size_t size;
+	snapfile_info_t info;
+	uint64_t records;
+} file_view_t;
+
+static int refuse(char *reason, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int refuse(char *reason, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(reason, len, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* Everything but the records' contents. */
+static int check_header(file_view_t *v, uint64_t max_accounts, uint64_t max_rules, char *reason, size_t len)
+{
+	const uint8_t *h = v->data;
+	uint32_t version, layout;
+	fhash_t s;
+
+	if (v->size < SNAPFILE_HEADER + SNAPFILE_TRAILER)
+		return refuse(reason, len, "truncated: %zu bytes", v->size);
+	if (memcmp(h, SNAPFILE_MAGIC, 8) != 0)
+		return refuse(reason, len, "not a tollgate snapshot file (bad magic)");
+	/* two u32 side by side: version, then layout */
+	version = (uint32_t)le64_get(h + 8);
+	layout = (uint32_t)(le64_get(h + 8) >> 32);
+	if (version != SNAPFILE_VERSION)
+		return refuse(reason, len, "format version %u, this binary reads %u", version,
+		              SNAPFILE_VERSION);
+	if (layout != SHM_LAYOUT_VERSION)
+		return refuse(reason, len, "written for layout version %u, this binary has %u", layout,
+		              SHM_LAYOUT_VERSION);
+	v->info.saved_ms = le64_get(h + 16);
+	v->info.built_ms = le64_get(h + 24);
+	v->info.naccounts = le64_get(h + 32);
+	v->info.nrules = le64_get(h + 40);
+	v->records = le64_get(h + 48);
+	v->info.bytes = v->size;
+	if (v->records > v->size || v->records + SNAPFILE_HEADER + SNAPFILE_TRAILER != v->size)
+		return refuse(reason, len, "truncated or padded: %zu bytes, the header says %llu", v->size,
+		              (unsigned long long)(v->records + SNAPFILE_HEADER + SNAPFILE_TRAILER));
+	/* Counts the size cannot hold are refused before hashing a byte of them. */
+	if (le64_get(h + 56) != 0 || v->info.naccounts > v->records / ACCOUNT_MIN ||
+	    v->info.nrules > v->records / RULE_MIN)
+		return refuse(reason, len, "absurd header: %llu accounts, %llu rules in %llu bytes",
+		              (unsigned long long)v->info.naccounts, (unsigned long long)v->info.nrules,
+		              (unsigned long long)v->records);
+	fh_init(&s);
+	fh_update(&s, h + SNAPFILE_HEADER, v->records);
+	if (file_checksum(h, fh_final(&s)) != le64_get(h + SNAPFILE_HEADER + v->records))
+		return refuse(reason, len, "checksum mismatch");
+	if (v->info.naccounts > max_accounts || v->info.nrules > max_rules)
+		return refuse(reason, len, "holds %llu accounts and %llu rules, capacity is %llu and %llu",
+		              (unsigned long long)v->info.naccounts, (unsigned long long)v->info.nrules,
+		              (unsigned long long)max_accounts, (unsigned long long)max_rules);
+	return 0;
+}
+
+/* One pass over the records; with sink NULL it only checks them. */
+static int walk(const file_view_t *v, const snapfile_sink_t *sink, char *reason, size_t len)
+{
+	cursor_t c = {v->data + SNAPFILE_HEADER, v->data + SNAPFILE_HEADER + v->records, 0};
+	const char *why = NULL;
+	uint64_t i;
+
+	for (i = 0; i < v->info.naccounts && why == NULL; i++)
+		why = take_account(&c, sink);
+	if (why != NULL || c.short_read)
+		return refuse(reason, len, "account record %llu: %s", (unsigned long long)i,
+		              why != NULL ? why : "truncated");
+	for (i = 0; i < v->info.nrules && why == NULL; i++)
+		why = take_rule(&c, sink);
+	if (why != NULL || c.short_read)
+		return refuse(reason, len, "rule record %llu: %s", (unsigned long long)i,
+		              why != NULL ? why : "truncated");
+	if (c.p != c.end)
+		return refuse(reason, len, "%zu bytes after the last record", (size_t)(c.end - c.p));
+	return 0;
+}
+
+int snapfile_read(const char *path, uint64_t max_accounts, uint64_t max_rules, const snapfile_sink_t *sink,
+                  snapfile_info_t *info, char *reason, size_t reasonlen)
+{
+	file_view_t v = {0};
+	struct stat st;
+	void *map;
+	int fd, rc, saved;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &st) < 0) {
+		saved = errno;
+		if (fd >= 0)
+			close(fd);
+		errno = saved;
+		return refuse(reason, reasonlen, "%s", strerror(saved));
+	}
+	if (!S_ISREG(st.st_mode) || st.st_size < SNAPFILE_HEADER + SNAPFILE_TRAILER) {
+		close(fd);
+		errno = EINVAL;
+		return refuse(reason, reasonlen, S_ISREG(st.st_mode) ? "truncated: %lld bytes" : "not a file",
+		              (long long)st.st_size);
+	}
+	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	saved = errno;
+	close(fd);
+	if (map == MAP_FAILED) {
+		errno = saved;
+		return refuse(reason, reasonlen, "mmap(): %s", strerror(saved));
+	}
+	v.data = map;
+	v.size = (size_t)st.st_size;
+	rc = check_header(&v, max_accounts, max_rules, reason, reasonlen);
+	/* Check every record before the sink sees the first: a bad file changes nothing. */
+	if (rc == 0)
+		rc = walk(&v, NULL, reason, reasonlen);
+	if (rc == 0)
+		rc = walk(&v, sink, reason, reasonlen);
+	munmap(map, v.size);
+	if (info != NULL)
+		*info = v.info;
+	errno = rc == 0 ? 0 : EINVAL;
+	return rc;
+}

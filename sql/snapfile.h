@@ -1,0 +1,92 @@
+/*
+ * The snapshot file: the loader's copy of the last published provisioning
+ * data on disk, so tollgate started while PostgreSQL is unreachable can
+ * serve it. See docs/loader.md for the format.
+ *
+ * A file is trusted only whole: magic, format version, the binary's shm
+ * layout version, a size that matches the header, a 64-bit checksum over
+ * everything, counts within capacity, and every record well formed.
+ * Anything else is refused with a reason, never half applied.
+ */
+#ifndef TG_SNAPFILE_H
+#define TG_SNAPFILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/addr.h"
+
+#define SNAPFILE_MAGIC      "tgsnapf\n" /* 8 bytes, no NUL */
+#define SNAPFILE_VERSION    1
+#define SNAPFILE_HEADER     64  /* bytes */
+#define SNAPFILE_TRAILER    8   /* bytes: the checksum */
+#define SNAPFILE_MAX_RANGES 16  /* addresses one host-name rule may resolve to */
+#define SNAPFILE_NAME_MAX   63  /* bytes of an account name, as in the schema */
+#define SNAPFILE_PREFIX_MAX 31  /* bytes of a tech prefix */
+#define SNAPFILE_HOST_MAX   253 /* bytes of a DNS name */
+
+typedef struct snapfile_account {
+	int64_t id;
+	const char *name; /* NUL-terminated */
+	int active;
+	uint32_t max_channels, max_cps;
+} snapfile_account_t;
+
+typedef struct snapfile_rule {
+	int64_t id, account_id;
+	const tg_range_t *ranges;
+	unsigned nranges;        /* 0: a host name not resolved yet */
+	uint16_t port;           /* 0 = any */
+	const char *tech_prefix; /* "" = none */
+	const char *host;        /* "" = a numeric address rule */
+	int active;
+	unsigned direction; /* enum snap_dir */
+} snapfile_rule_t;
+
+typedef struct snapfile_info {
+	uint64_t saved_ms; /* wall clock when written */
+	uint64_t built_ms; /* wall clock of the snapshot it holds */
+	uint64_t naccounts, nrules;
+	uint64_t bytes; /* file size */
+} snapfile_info_t;
+
+/* ---- writing: snapfile_open, records (accounts first), snapfile_commit ---- */
+
+typedef struct snapfile_writer snapfile_writer_t;
+
+/*
+ * Creates PATH.tmp.PID. Returns NULL with errno. Nothing appears under
+ * PATH until snapfile_commit() has written, synced and renamed it.
+ */
+snapfile_writer_t *snapfile_open(const char *path, uint64_t built_ms);
+/* 0, or -1 with errno (EINVAL: a field the format cannot hold). */
+int snapfile_put_account(snapfile_writer_t *w, const snapfile_account_t *a);
+int snapfile_put_rule(snapfile_writer_t *w, const snapfile_rule_t *r);
+/* Finish, fsync, rename over PATH, fsync the directory; frees w. 0 or -1 with errno. */
+int snapfile_commit(snapfile_writer_t *w, snapfile_info_t *info);
+/* Give up: the temporary file is removed; frees w. */
+void snapfile_abort(snapfile_writer_t *w);
+
+/* ---- reading ---- */
+
+/* Each returns NULL, or why the record cannot be taken (the load then fails). */
+typedef struct snapfile_sink {
+	const char *(*account)(void *arg, const snapfile_account_t *a);
+	const char *(*rule)(void *arg, const snapfile_rule_t *r);
+	void *arg;
+} snapfile_sink_t;
+
+/*
+ * Checks the whole file, then hands every record to sink. Returns 0, or -1
+ * with the reason in reason[] (errno ENOENT when there is no file at all;
+ * a sink refusal after some records were taken also returns -1, and the
+ * caller must discard what it took). Files with more records than
+ * max_accounts / max_rules are refused.
+ */
+int snapfile_read(const char *path, uint64_t max_accounts, uint64_t max_rules, const snapfile_sink_t *sink,
+                  snapfile_info_t *info, char *reason, size_t reasonlen);
+
+/* Removes PATH.tmp.* left by writers that died mid-write. */
+void snapfile_clean_tmp(const char *path);
+
+#endif

@@ -1,0 +1,294 @@
+/*
+ * sql/snapfile.c: what the loader writes comes back the same, and a file
+ * that is damaged or foreign is refused whole (naming why) rather than
+ * served: a flipped byte anywhere, a cut, the wrong magic, version or
+ * layout, counts the file cannot hold, more rows than the capacity.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "lib/addr.h"
+#include "shm/shm.h"
+#include "sql/snapfile.h"
+#include "t/unit/tap.h"
+
+static char dir[] = "/tmp/tollgate-test-snapfile.XXXXXX";
+static char path[200], bad[256];
+static char reason[256];
+
+/* What a read collected, flattened to text so comparing is one strcmp. */
+static char seen[8192];
+static int naccounts, nrules;
+static int refuse_rule_id = -1;
+
+static void seen_add(const char *fmt, const char *a, const char *b)
+{
+	size_t n = strlen(seen);
+
+	snprintf(seen + n, sizeof(seen) - n, fmt, a, b);
+}
+
+static const char *on_account(void *arg, const snapfile_account_t *a)
+{
+	char buf[160];
+
+	(void)arg;
+	naccounts++;
+	snprintf(buf, sizeof(buf), "A%lld %s %d %u %u;", (long long)a->id, a->name, a->active,
+	         a->max_channels, a->max_cps);
+	seen_add("%s%s", buf, "");
+	return NULL;
+}
+
+static const char *on_rule(void *arg, const snapfile_rule_t *r)
+{
+	char buf[400], ip1[64], ip2[64];
+
+	(void)arg;
+	nrules++;
+	if (r->id == refuse_rule_id)
+		return "refused by the test";
+	snprintf(buf, sizeof(buf), "R%lld a%lld p%u %s %s %d %u n%u", (long long)r->id,
+	         (long long)r->account_id, r->port, r->tech_prefix, r->host, r->active, r->direction,
+	         r->nranges);
+	seen_add("%s%s", buf, "");
+	for (unsigned i = 0; i < r->nranges; i++) {
+		tg_ip_format(&r->ranges[i].first, ip1, sizeof(ip1));
+		tg_ip_format(&r->ranges[i].last, ip2, sizeof(ip2));
+		seen_add(" %s-%s", ip1, ip2);
+	}
+	seen_add("%s%s", ";", "");
+	return NULL;
+}
+
+static const snapfile_sink_t sink = {on_account, on_rule, NULL};
+
+static tg_range_t range_of(const char *s)
+{
+	tg_range_t r;
+	const char *err = NULL;
+
+	memset(&r, 0, sizeof(r));
+	if (tg_range_parse(s, &r, &err) < 0)
+		printf("# test bug: range %s: %s\n", s, err);
+	return r;
+}
+
+static int read_file(const char *p, uint64_t max_a, uint64_t max_r)
+{
+	seen[0] = '\0';
+	naccounts = nrules = 0;
+	reason[0] = '\0';
+	return snapfile_read(p, max_a, max_r, &sink, NULL, reason, sizeof(reason));
+}
+
+/* Two accounts, a rule of each kind: v4 CIDR, v6 range, a resolved and an unresolved host. */
+static int write_sample(const char *p, snapfile_info_t *info)
+{
+	tg_range_t v4 = range_of("192.0.2.0/24"), v6 = range_of("2001:db8::1-2001:db8::ff");
+	tg_range_t host[2] = {range_of("198.51.100.7"), range_of("2001:db8::7")};
+	snapfile_account_t a1 = {1, "acme", 1, 30, 5}, a2 = {7, "globex", 0, 0, 0};
+	snapfile_rule_t r1 = {10, 1, &v4, 1, 0, "", "", 1, 1};
+	snapfile_rule_t r2 = {11, 7, &v6, 1, 5070, "4455#", "", 0, 3};
+	snapfile_rule_t r3 = {12, 1, host, 2, 0, "9", "pbx.example.net", 1, 2};
+	snapfile_rule_t r4 = {13, 7, NULL, 0, 0, "", "new.example.net", 1, 1};
+	snapfile_writer_t *w = snapfile_open(p, 1234567);
+
+	if (w == NULL)
+		return -1;
+	if (snapfile_put_account(w, &a1) < 0 || snapfile_put_account(w, &a2) < 0 ||
+	    snapfile_put_rule(w, &r1) < 0 || snapfile_put_rule(w, &r2) < 0 || snapfile_put_rule(w, &r3) < 0 ||
+	    snapfile_put_rule(w, &r4) < 0) {
+		snapfile_abort(w);
+		return -1;
+	}
+	return snapfile_commit(w, info);
+}
+
+static const char *const sample_text =
+        "A1 acme 1 30 5;A7 globex 0 0 0;"
+        "R10 a1 p0   1 1 n1 192.0.2.0-192.0.2.255;"
+        "R11 a7 p5070 4455#  0 3 n1 2001:db8::1-2001:db8::ff;"
+        "R12 a1 p0 9 pbx.example.net 1 2 n2 198.51.100.7-198.51.100.7 2001:db8::7-2001:db8::7;"
+        "R13 a7 p0  new.example.net 1 1 n0;";
+
+static void test_round_trip(void)
+{
+	snapfile_info_t wi, ri;
+	struct stat st;
+	int rc;
+
+	rc = write_sample(path, &wi);
+	is_int(rc, 0, "a snapshot file is written");
+	ok(stat(path, &st) == 0 && (uint64_t)st.st_size == wi.bytes,
+	   "its size is what commit reported (%llu)", (unsigned long long)wi.bytes);
+	is_int(wi.naccounts, 2, "commit counts the accounts");
+	is_int(wi.nrules, 4, "commit counts the rules");
+	seen[0] = '\0';
+	rc = snapfile_read(path, 100, 100, &sink, &ri, reason, sizeof(reason));
+	is_int(rc, 0, "it reads back");
+	if (rc)
+		printf("#   %s\n", reason);
+	is_str(seen, sample_text, "every field of every record comes back");
+	is_int(ri.built_ms, 1234567, "built_ms comes back");
+	ok(ri.saved_ms == wi.saved_ms && ri.saved_ms > 0, "saved_ms comes back");
+	ok(ri.naccounts == 2 && ri.nrules == 4 && ri.bytes == wi.bytes, "counts and size come back");
+
+	/* Written again: the rename replaces the old file whole. */
+	rc = write_sample(path, NULL);
+	is_int(rc, 0, "written again over the old file");
+	is_int(read_file(path, 100, 100), 0, "... and reads");
+}
+
+static int copy_file(const char *from, const char *to, long cut, long flip_at, uint8_t flip)
+{
+	static uint8_t buf[1 << 16];
+	FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+	size_t n = 0;
+
+	if (in != NULL)
+		n = fread(buf, 1, sizeof(buf), in);
+	if (cut >= 0 && (size_t)cut < n)
+		n = (size_t)cut;
+	if (flip_at >= 0 && (size_t)flip_at < n)
+		buf[flip_at] ^= flip;
+	if (out != NULL)
+		fwrite(buf, 1, n, out);
+	if (in != NULL)
+		fclose(in);
+	return out != NULL && fclose(out) == 0 ? (int)n : -1;
+}
+
+/* A copy of the sample changed as told is refused, with reason beginning want. */
+static void refused(long cut, long flip_at, uint8_t flip, const char *want, const char *name)
+{
+	int rc;
+
+	copy_file(path, bad, cut, flip_at, flip);
+	rc = read_file(bad, 100, 100);
+	ok(rc == -1 && strncmp(reason, want, strlen(want)) == 0, "refused: %s", name);
+	if (rc != -1 || strncmp(reason, want, strlen(want)) != 0)
+		printf("#   rc %d, reason \"%s\", want \"%s\"\n", rc, reason, want);
+	ok(naccounts == 0 && nrules == 0, "... and not a record was handed over");
+}
+
+static void put_le(long at, uint64_t v, int bytes)
+{
+	int fd = open(bad, O_WRONLY);
+	uint8_t b[8];
+
+	for (int i = 0; i < bytes; i++)
+		b[i] = (uint8_t)(v >> (8 * i));
+	if (fd < 0 || pwrite(fd, b, (size_t)bytes, at) != bytes)
+		printf("# test bug: pwrite %s\n", bad);
+	if (fd >= 0)
+		close(fd);
+}
+
+static void test_corruption(void)
+{
+	struct stat st;
+	long size, rc;
+
+	if (stat(path, &st) < 0)
+		return;
+	size = (long)st.st_size;
+	refused(-1, 0, 0x20, "not a tollgate snapshot file", "wrong magic");
+	refused(-1, 8, 0x02, "format version 3, this binary reads 1", "wrong format version");
+	refused(-1, 12, 0x40, "written for layout version", "wrong layout version");
+	refused(-1, 20, 0x01, "checksum mismatch", "a flipped bit in the header's saved_ms");
+	refused(-1, SNAPFILE_HEADER + 3, 0x80, "checksum mismatch", "a flipped bit in an account id");
+	refused(-1, size / 2, 0xff, "checksum mismatch", "a flipped byte mid-file");
+	refused(-1, size - 30, 0x01, "checksum mismatch", "a flipped bit in the last rule's range");
+	refused(-1, size - 1, 0x10, "checksum mismatch", "a flipped bit in the checksum");
+	refused(size - 1, -1, 0, "truncated or padded", "the last byte cut off");
+	refused(size / 2, -1, 0, "truncated or padded", "cut in half");
+	refused(40, -1, 0, "truncated: 40 bytes", "cut inside the header");
+	refused(0, -1, 0, "truncated: 0 bytes", "empty file");
+
+	/* Counts the file cannot hold are refused before anything else is trusted. */
+	copy_file(path, bad, -1, -1, 0);
+	put_le(32, 1ULL << 40, 8);
+	rc = read_file(bad, UINT64_MAX, UINT64_MAX);
+	ok(rc == -1 && strncmp(reason, "absurd header", 13) == 0, "refused: 2^40 accounts (%s)", reason);
+	copy_file(path, bad, -1, -1, 0);
+	put_le(40, 3, 8);
+	rc = read_file(bad, 100, 100);
+	ok(rc == -1 && nrules == 0 && naccounts == 0, "refused: one rule fewer than written (%s)", reason);
+
+	rc = read_file(path, 1, 100);
+	ok(rc == -1 && strstr(reason, "capacity") != NULL, "refused: more accounts than capacity (%s)",
+	   reason);
+	rc = read_file(path, 100, 3);
+	ok(rc == -1 && strstr(reason, "capacity") != NULL, "refused: more rules than capacity");
+
+	errno = 0;
+	rc = read_file("/nonexistent/snapshot.bin", 100, 100);
+	ok(rc == -1 && errno == ENOENT, "a missing file says ENOENT (%s)", reason);
+
+	refuse_rule_id = 12;
+	rc = read_file(path, 100, 100);
+	ok(rc == -1 && strstr(reason, "refused by the test") != NULL,
+	   "a record the sink refuses fails the read");
+	refuse_rule_id = -1;
+}
+
+static void test_writer_refuses(void)
+{
+	tg_range_t v4 = range_of("192.0.2.1"), back = v4;
+	snapfile_account_t a = {1, "acme", 1, 0, 0}, noname = {2, "", 1, 0, 0};
+	snapfile_rule_t r = {10, 1, &v4, 1, 0, "", "", 1, 1};
+	snapfile_rule_t unresolved = {11, 1, NULL, 0, 0, "", "", 1, 1};
+	snapfile_rule_t reversed = {12, 1, &back, 1, 0, "", "", 1, 1};
+	snapfile_writer_t *w = snapfile_open(path, 1);
+	char tmp[300];
+
+	back.first.lo += 1;
+	ok(w != NULL, "a writer opens");
+	if (w == NULL)
+		return;
+	ok(snapfile_put_account(w, &noname) < 0 && errno == EINVAL, "an empty account name is refused");
+	ok(snapfile_put_account(w, &a) == 0 && snapfile_put_rule(w, &r) == 0, "an account, then its rule");
+	ok(snapfile_put_account(w, &a) < 0, "an account after a rule is refused");
+	ok(snapfile_put_rule(w, &unresolved) < 0, "a rule with neither address nor host is refused");
+	ok(snapfile_put_rule(w, &reversed) < 0, "a range ending before it starts is refused");
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+	ok(access(tmp, F_OK) == 0, "the writer works in PATH.tmp.PID");
+	snapfile_abort(w);
+	ok(access(tmp, F_OK) < 0, "abort removes it");
+	is_int(read_file(path, 100, 100), 0, "and the file that was there is untouched");
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp.4242", path);
+	close(open(tmp, O_WRONLY | O_CREAT, 0600));
+	snprintf(bad, sizeof(bad), "%s.tmp.keep", path);
+	close(open(bad, O_WRONLY | O_CREAT, 0600));
+	snapfile_clean_tmp(path);
+	ok(access(tmp, F_OK) < 0, "clean_tmp removes a dead writer's PATH.tmp.PID");
+	ok(access(bad, F_OK) == 0, "... and nothing that is not one");
+	unlink(bad);
+}
+
+int main(void)
+{
+	if (!mkdtemp(dir)) {
+		perror("mkdtemp");
+		return 2;
+	}
+	snprintf(path, sizeof(path), "%s/snapshot.bin", dir);
+	snprintf(bad, sizeof(bad), "%s/bad.bin", dir);
+	test_round_trip();
+	test_corruption();
+	snprintf(bad, sizeof(bad), "%s/bad.bin", dir);
+	unlink(bad);
+	test_writer_refuses();
+	unlink(path);
+	rmdir(dir);
+	return done_testing();
+}
