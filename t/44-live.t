@@ -47,19 +47,8 @@ my $ss = Tollgate::SIP->new(local => '127.0.0.10', port => $t->port('SS'), peer 
 my %cust = map { $_ => Tollgate::SIP->new(local => "127.0.0.$_", peer => $tg) } (21, 22, 23, 29);
 
 # The final status a call from 127.0.0.N gets (0: none).
-sub status_of {
-	my ($n) = @_;
-	my ($resp) = $cust{$n}->call_through($ss, timeout => 1);
-	return $resp ? $resp->status : 0;
-}
-
-# Poll until calls from 127.0.0.N get $want, for at most $timeout s; returns the last status.
-sub poll_status {
-	my ($n, $want, $timeout) = @_;
-	my $got;
-	wait_until { ($got = status_of($n)) == $want } $timeout;
-	return $got;
-}
+sub status_of { $cust{ $_[0] }->call_status($ss) }
+sub poll_status { $cust{ $_[0] }->poll_status($ss, $_[1], $_[2]) }
 
 is(status_of(21), 403, 'before the rule: 127.0.0.21 is refused');
 is(status_of(29), 200, 'globex on 127.0.0.29 passes');

@@ -49,18 +49,8 @@ my $tg = '127.0.0.1:' . $t->port('SIP');
 my $ss = Tollgate::SIP->new(local => '127.0.0.10', port => $t->port('SS'), peer => $tg);
 my %cust = map { $_ => Tollgate::SIP->new(local => "127.0.0.$_", peer => $tg) } (21, 22, 23);
 
-sub status_of {
-	my ($n) = @_;
-	my ($resp) = $cust{$n}->call_through($ss, timeout => 1);
-	return $resp ? $resp->status : 0;
-}
-
-sub poll_status {
-	my ($n, $want, $timeout) = @_;
-	my $got;
-	wait_until { ($got = status_of($n)) == $want } $timeout;
-	return $got;
-}
+sub status_of { $cust{ $_[0] }->call_status($ss) }
+sub poll_status { $cust{ $_[0] }->poll_status($ss, $_[1], $_[2]) }
 
 is(status_of(21), 200, 'provisioned customer passes');
 ok($t->wait_event('snapshot_saved', 5), 'log: snapshot_saved');

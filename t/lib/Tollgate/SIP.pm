@@ -245,6 +245,24 @@ sub call_through {
 	return ($resp, $fwd, $req);
 }
 
+# call_status($softswitch, timeout => S) — the final status an INVITE from
+# this socket gets through tollgate (answered 200 at the softswitch socket
+# when it gets there), or 0 when none came.
+sub call_status {
+	my ($self, $ss, %o) = @_;
+	my ($resp) = $self->call_through($ss, timeout => $o{timeout} // 1);
+	return $resp ? $resp->status : 0;
+}
+
+# poll_status($softswitch, $want, $timeout) — call_status until it is
+# $want, for at most $timeout s; returns the last status seen.
+sub poll_status {
+	my ($self, $ss, $want, $timeout) = @_;
+	my $got;
+	Tollgate::wait_until(sub { ($got = $self->call_status($ss)) == $want }, $timeout);
+	return $got;
+}
+
 # reply($request, $code, $reason, headers => [...], to_tag => TAG) — a
 # response to a received request: its Vias (all of them), Record-Route,
 # From, To (+ a tag), Call-ID, CSeq copied.
