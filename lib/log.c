@@ -71,8 +71,10 @@ static void jb_quoted(jbuf_t *b, const char *s, size_t n)
 			jb_raw(b, (const char *)&s[i], 1);
 		}
 	}
-	if (b->len + 1 > b->cap)
-		b->len = b->cap - 1;
+	if (b->len + 1 > b->cap) {
+		b->truncated = 1; /* the caller drops the whole field */
+		return;
+	}
 	b->p[b->len++] = '"';
 }
 
@@ -96,7 +98,7 @@ static void jb_fmt(jbuf_t *b, const char *fmt, ...)
 }
 
 /* One "key=%X" conversion; returns the format position after it. */
-static const char *jb_field(jbuf_t *b, const char *f, va_list *ap)
+static const char *jb_field_write(jbuf_t *b, const char *f, va_list *ap)
 {
 	const char *key = f;
 	const char *eq = strchr(f, '=');
@@ -159,6 +161,21 @@ static const char *jb_field(jbuf_t *b, const char *f, va_list *ap)
 	return f + strlen(f);
 }
 
+/*
+ * A field that does not fit whole is dropped whole: cutting a value could
+ * split an escape (\u00XX) and leave a line that is not JSON. The line then
+ * ends with "truncated":true.
+ */
+static const char *jb_field(jbuf_t *b, const char *f, va_list *ap)
+{
+	size_t mark = b->len;
+	const char *next = jb_field_write(b, f, ap);
+
+	if (b->truncated)
+		b->len = mark;
+	return next;
+}
+
 static void jb_timestamp(jbuf_t *b)
 {
 	struct timespec ts;
@@ -193,9 +210,13 @@ void tg_vlog(int level, int with_errno, const char *event, const char *fmt, va_l
 			f = jb_field(&b, f, &aq);
 	}
 	va_end(aq);
-	if (with_errno) {
+	if (with_errno && !b.truncated) {
+		size_t mark = b.len;
+
 		jb_fmt(&b, ",\"errno\":%d,\"error\":", saved);
 		jb_quoted(&b, strerror(saved), strlen(strerror(saved)));
+		if (b.truncated)
+			b.len = mark;
 	}
 	/* room for this tail was kept out of cap */
 	b.cap = sizeof(line);

@@ -169,14 +169,12 @@ static void child_run(child_t *ch)
 	shm_config_read(&m.shm, &c.cfg_gen, &c.cfg);
 	atomic_store(&c.slot->config_gen, c.cfg_gen);
 	/*
-	 * The child builds its own event loop. Until it installs its handlers a
-	 * SIGHUP or SIGUSR1 from the master must not kill it; SIGINT from a
-	 * terminal goes to the whole group, and the master turns it into an
-	 * orderly SIGTERM, so children ignore it.
+	 * The child builds its own event loop; SIGHUP and SIGUSR1 are blocked
+	 * until its handlers exist (see child_spawn). SIGINT from a terminal goes
+	 * to the whole group, and the master turns it into an orderly SIGTERM, so
+	 * children ignore it.
 	 */
 	signal(SIGCHLD, SIG_DFL);
-	signal(SIGHUP, SIG_IGN);
-	signal(SIGUSR1, SIG_IGN);
 	signal(SIGINT, SIG_IGN);
 	signal(SIGTERM, SIG_DFL);
 	rc = procs[ch->role].entry(&c);
@@ -185,7 +183,21 @@ static void child_run(child_t *ch)
 
 static int child_spawn(child_t *ch)
 {
-	pid_t pid = fork();
+	sigset_t hold, old;
+	pid_t pid;
+
+	/*
+	 * SIGHUP and SIGUSR1 stay blocked in the child until its own handlers
+	 * are in place (proc_signals_ready): a reload or reopen sent meanwhile
+	 * waits instead of being lost or running the master's inherited handler.
+	 */
+	sigemptyset(&hold);
+	sigaddset(&hold, SIGHUP);
+	sigaddset(&hold, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &hold, &old);
+	pid = fork();
+	if (pid != 0)
+		sigprocmask(SIG_SETMASK, &old, NULL);
 
 	if (pid < 0) {
 		log_error("fork_failed", "call=%s role=%s index=%d", "fork()", procs[ch->role].name,

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <event2/event.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,16 @@ void proc_log_reopen(tg_child_t *c)
 	if (tg_log_reopen() < 0)
 		log_error("log_reopen_failed", "call=%s", "open()");
 	atomic_store(&c->slot->log_gen, gen);
+}
+
+void proc_signals_ready(void)
+{
+	sigset_t s;
+
+	sigemptyset(&s);
+	sigaddset(&s, SIGHUP);
+	sigaddset(&s, SIGUSR1);
+	sigprocmask(SIG_UNBLOCK, &s, NULL);
 }
 
 void proc_watch_parent(struct event_base *base, tg_child_t *c)

@@ -36,6 +36,8 @@ void proc_watch_parent(struct event_base *base, tg_child_t *c);
  * new file (logrotate may compress the old one right after).
  */
 void proc_log_reopen(tg_child_t *c);
+/* Once the child's signal handlers are installed: let SIGHUP and SIGUSR1 in (pending ones arrive now). */
+void proc_signals_ready(void);
 /* Name shown by ps: "tollgate: worker 3". proc_title_init() once, from main. */
 void proc_title_init(int argc, char **argv);
 void proc_set_title(const char *title);

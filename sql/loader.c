@@ -1871,6 +1871,7 @@ int loader_main(tg_child_t *c)
 	if (c->cfg.snapshot_file[0] != '\0')
 		snapfile_clean_tmp(c->cfg.snapshot_file);
 	db_connect(&l);
+	proc_signals_ready();
 	atomic_store(&c->slot->serving, 1);
 	rc = event_base_dispatch(l.base);
 	loader_cleanup(&l);

@@ -72,6 +72,16 @@ for my $case (@cases) {
 	$from->send(response(via => $vias, call_id => 'forged-' . ++$n));
 	is($bystander->recv(timeout => 0.5), undef, "forged response ($what): the bystander gets nothing");
 }
+# The real Vias and the real Call-ID and CSeq, the lower Via re-aimed at the
+# bystander with received/rport: the branch MAC covers where it goes.
+my ($by_ip, $by_port) = split /:/, $by;
+(my $reaimed = $via[1] // '') =~ s/;\s*(?:received|rport)(?:=[^;]*)?//gi;
+$reaimed .= ";received=$by_ip;rport=$by_port";
+for my $i (1 .. 3) {
+	$cust->send(response(via => [ $via[0], $reaimed ], call_id => $opt->header('call-id')));
+}
+is($bystander->recv(timeout => 0.5), undef,
+    'forged response with real branches and Call-ID, re-aimed by received/rport: the bystander gets nothing');
 is(scalar $ss->drain, 0, 'none of them went to the softswitch either');
 
 # the genuine answer still goes through

@@ -105,7 +105,7 @@ $mark = $t->log_mark;
 $ev = $t->reload;
 is($ev && $ev->{event}, 'reload_done', 'SIGHUP with an invalid row in ip_rules: reload_done');
 ok($t->wait_event('rule_invalid', 3, from => $mark), 'log: rule_invalid');
-$snap = $t->wait_event('snapshot_published', 3, from => $mark);
+$snap = $t->wait_event('snapshot_published', 3, from => $mark, kind => 'full');
 is($snap && $snap->{invalid}, 1, 'snapshot_published counts 1 invalid rule');
 is($snap && $snap->{ip_rules}, 2, '... and loads the 2 good ones');
 my $c26 = Tollgate::SIP->new(local => '127.0.0.26', peer => $tg);

@@ -100,8 +100,9 @@ int reply_raw_400(worker_t *w, const pkt_t *p, const char *why)
 	int have_via = 0, n;
 	const char *s = p->buf, *end = p->buf + p->len;
 
-	/* a response, or not even a request line: nobody to answer */
-	if (p->len < 8 || strncmp(s, "SIP/", 4) == 0 || memchr(s, '\n', p->len) == NULL)
+	/* a response, an ACK (never answered, RFC 3261 17.1.1.1), or not even a request line */
+	if (p->len < 8 || strncmp(s, "SIP/", 4) == 0 || strncmp(s, "ACK ", 4) == 0 ||
+	    memchr(s, '\n', p->len) == NULL)
 		return 0;
 	n = snprintf(out, sizeof(out), "SIP/2.0 400 Bad Request\r\n");
 	len = (size_t)n;

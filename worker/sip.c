@@ -76,19 +76,29 @@ static int has_to_tag(osip_message_t *msg)
 }
 
 /* Branch = prefix + keyed hash of what a response and a CANCEL or non-2xx ACK repeat from the request. */
+static const char *via_param(osip_via_t *via, char *name)
+{
+	osip_generic_param_t *p = NULL;
+
+	if (via == NULL || osip_via_param_get_byname(via, name, &p) != 0 || p == NULL || p->gvalue == NULL)
+		return "";
+	return p->gvalue;
+}
+
+/*
+ * The MAC covers where the response will be sent (the previous hop's
+ * host, port, received and rport, which tollgate stamped before calling
+ * this) as well as its branch: a customer who has seen one of our branches
+ * cannot re-aim a forged response at a third party by editing the next Via.
+ */
 static void make_branch(const worker_t *w, osip_message_t *msg, osip_via_t *prev, char *out, size_t outlen)
 {
 	char in[1024];
-	osip_generic_param_t *b = NULL;
-	const char *prev_id = NULL;
 	int n;
 
-	if (prev != NULL && osip_via_param_get_byname(prev, "branch", &b) == 0 && b != NULL &&
-	    b->gvalue != NULL)
-		prev_id = b->gvalue;
-	else if (prev != NULL)
-		prev_id = prev->host;
-	n = snprintf(in, sizeof(in), "%s|%s|%s", prev_id ? prev_id : "",
+	n = snprintf(in, sizeof(in), "%s|%s|%s|%s|%s|%s|%s", via_param(prev, "branch"),
+	             prev && prev->host ? prev->host : "", prev && prev->port ? prev->port : "",
+	             via_param(prev, "received"), via_param(prev, "rport"),
 	             sip_call_id(msg) ? sip_call_id(msg) : "",
 	             msg->cseq && msg->cseq->number ? msg->cseq->number : "");
 	if (n < 0 || (size_t)n >= sizeof(in))
@@ -404,7 +414,13 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	pop_our_routes(w, msg);
 	/* no customer can claim another's account: whatever it sent under our header name goes */
 	remove_header(msg, cfg->account_header);
-	osip_message_set_header(msg, cfg->account_header, mt.account->name);
+	/*
+	 * Without the dialled number (a To tag says in-dialog) a rule with a tech
+	 * prefix cannot tell accounts sharing the address apart, and a To tag is
+	 * the sender's word: name no account then, rather than perhaps the wrong one.
+	 */
+	if (initial || mt.rule->prefix_len == 0)
+		osip_message_set_header(msg, cfg->account_header, mt.account->name);
 	forward_request(w, p, msg, (const struct sockaddr *)&cfg->downstream, cfg->downstream_len,
 	                mt.account->name);
 }
@@ -456,10 +472,12 @@ static void handle_request(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	const char *why = request_insane(msg);
 
 	if (why != NULL) {
+		int answer = !MSG_IS_ACK(msg) && strcmp(why, "no Via") != 0;
+
 		worker_refusal(w, SHM_R_MALFORMED);
-		worker_count(w, sip_method_index(msg->sip_method), SHM_O_REJECTED);
+		worker_count(w, sip_method_index(msg->sip_method), answer ? SHM_O_REJECTED : SHM_O_DROPPED);
 		log_notice("malformed", "src=%s reason=%s call_id=%s", p->srcstr, why, sip_call_id(msg));
-		if (!MSG_IS_ACK(msg) && strcmp(why, "no Via") != 0)
+		if (answer)
 			reply_send(w, p, msg, 400, "Bad Request");
 		return;
 	}

@@ -175,6 +175,7 @@ int worker_main(tg_child_t *c)
 	if (setup(c) < 0)
 		fatalx("worker_failed", "call=%s", "setup");
 	log_info("worker_started", "index=%d pid=%d listeners=%d", c->index, (int)getpid(), c->cfg.nlisten);
+	proc_signals_ready();
 	atomic_store(&c->slot->serving, 1);
 	event_base_dispatch(wk.base);
 	atomic_store(&c->slot->serving, 0);
