@@ -118,6 +118,11 @@ like($fwd ? $fwd->uri : '', qr/^sip:123456\@/, '... and the prefix is stripped f
 is($fwd && $fwd->header('X-Tollgate-Account'), 'pfx44', '127.0.0.80, user 4499887766: prefix 44');
 like($fwd ? $fwd->uri : '', qr/^sip:99887766\@/, '... stripped');
 refused('127.0.0.80', 'no_rule_fits', '127.0.0.80, user 3312345 (no prefix fits)', user => '3312345');
+# A To tag (the sender's claim of being in a dialog) skips the prefix
+# check, so it must not pick one of the accounts sharing the address.
+(undef, undef, $fwd) = call('127.0.0.80', user => '3312345', to_tag => 'made-up');
+ok($fwd, '127.0.0.80 with a made-up To tag: forwarded (in-dialog requests are checked by address only)');
+is($fwd ? $fwd->header('X-Tollgate-Account') : 'not forwarded', undef, '... but no account is claimed for it');
 
 passes_as('127.0.0.81', 'pfx44', '127.0.0.81, user 44123: the prefix rule beats the plain one', user => '44123');
 (undef, undef, $fwd) = call('127.0.0.81', user => '5551234');
