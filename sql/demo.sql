@@ -14,6 +14,9 @@
 
 BEGIN;
 
+-- Shows as the author of these rows in tollgate.audit_log.
+SET LOCAL application_name = 'tollgate demo.sql';
+
 INSERT INTO tollgate.accounts (name, status, max_channels)
 VALUES ('demo', 'active', 10),
 	('acme', 'active', 0),

@@ -456,51 +456,45 @@ $fn$;
 COMMENT ON FUNCTION tollgate.parse_address(text) IS
 	'Operator address notation -> (first, last) inclusive range, or host_name for a host name; raises 22P02 on anything else.';
 
--- An address as a number, for numrange: IPv4 a.b.c.d -> 0 .. 2^32-1,
--- IPv6 -> 2^32 + its 128-bit value, so the two families never overlap.
--- numrange rather than a range over inet because GiST needs the range's
--- subtype_diff to build a usable index, and inet has none: without one an
--- index of 1,000,000 rules read 140 to 720 pages per lookup, against 3
--- with numrange, whose difference function is built in.
+-- An address as the unsigned number it is (IPv6: 128 bits), for addr_span6.
 CREATE FUNCTION tollgate.inet_number(a inet)
 	RETURNS numeric
 	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $fn$
 SELECT CASE family(a)
 	WHEN 4 THEN (a - '0.0.0.0'::inet)::numeric
-	ELSE 4294967296 + ((((('x' || encode(substring(inet_send(a) FROM 5 FOR 4), 'hex'))::bit(32)::bigint)::numeric
+	ELSE ((((('x' || encode(substring(inet_send(a) FROM 5 FOR 4), 'hex'))::bit(32)::bigint)::numeric
 		* 4294967296 + ('x' || encode(substring(inet_send(a) FROM 9 FOR 4), 'hex'))::bit(32)::bigint)
 		* 4294967296 + ('x' || encode(substring(inet_send(a) FROM 13 FOR 4), 'hex'))::bit(32)::bigint)
 		* 4294967296 + ('x' || encode(substring(inet_send(a) FROM 17 FOR 4), 'hex'))::bit(32)::bigint)
 	END
 $fn$;
 
-COMMENT ON FUNCTION tollgate.inet_number(inet) IS
-	'IPv4 -> its 32-bit value; IPv6 -> 2^32 + its 128-bit value. Orders and spaces addresses for ip_rules.addr_span.';
-
--- ip_rules.addr_span for an address notation, to search by address:
---   SELECT * FROM tollgate.ip_rules WHERE addr_span && tollgate.address_span('192.0.2.7');
-CREATE FUNCTION tollgate.address_span(address text)
-	RETURNS numrange
-	LANGUAGE sql IMMUTABLE STRICT
-AS $fn$
-SELECT numrange(tollgate.inet_number(p.first), tollgate.inet_number(p.last), '[]')
-FROM tollgate.parse_address(address) AS p
-WHERE p.first IS NOT NULL
-$fn$;
-
-COMMENT ON FUNCTION tollgate.address_span(text) IS
-	'The addr_span of an address notation (NULL for a host name), for addr_span && address_span(...) searches.';
+COMMENT ON FUNCTION tollgate.inet_number(inet) IS 'An address as an unsigned integer: 32 bits for IPv4, 128 for IPv6.';
 
 -- A host name rule has host_name and no addr_first/addr_last; any other
--- rule has the range and no host_name. addr_span is NULL for host names:
--- numrange(NULL, NULL) would be the unbounded range, overlapping all.
+-- rule has the range and no host_name.
+--
+-- addr_span4/addr_span6 hold the range as integers for the GiST indexes
+-- behind rule_overlaps: NULL for the other family and for host names
+-- (numrange(NULL, NULL) would be unbounded, hence the CASE). Two built-in
+-- range types rather than one range over inet: GiST needs a range's
+-- subtype_diff to build a usable index, and inet has none. Measured with
+-- 1,000,000 rules: a range over inet without subtype_diff read 140 to 720
+-- index pages per lookup (these read 3 to 5); with a subtype_diff written
+-- in SQL, indexing 100,000 rules took over ten minutes; one numrange for
+-- both families made a bulk load of 1,000,000 rules take 76 s instead of
+-- 32 s, and a full rule_overlaps 54 s instead of 15 s.
 ALTER TABLE tollgate.ip_rules
 	ALTER COLUMN addr_first DROP NOT NULL,
 	ALTER COLUMN addr_last DROP NOT NULL,
 	ADD COLUMN host_name text,
-	ADD COLUMN addr_span numrange GENERATED ALWAYS AS (
-		CASE WHEN addr_first IS NOT NULL AND addr_last IS NOT NULL
+	ADD COLUMN addr_span4 int8range GENERATED ALWAYS AS (
+		CASE WHEN family(addr_first) = 4 AND family(addr_last) = 4
+			THEN int8range(addr_first - '0.0.0.0'::inet, addr_last - '0.0.0.0'::inet, '[]')
+		END) STORED,
+	ADD COLUMN addr_span6 numrange GENERATED ALWAYS AS (
+		CASE WHEN family(addr_first) = 6 AND family(addr_last) = 6
 			THEN numrange(tollgate.inet_number(addr_first), tollgate.inet_number(addr_last), '[]')
 		END) STORED,
 	ADD CONSTRAINT ip_rules_address_kind_check CHECK (
@@ -514,8 +508,10 @@ COMMENT ON COLUMN tollgate.ip_rules.addr_first IS 'First address of the range, s
 COMMENT ON COLUMN tollgate.ip_rules.addr_last IS 'Last address of the range, set by trigger from address; NULL for a host name.';
 COMMENT ON COLUMN tollgate.ip_rules.host_name IS
 	'The host name the loader resolves, set by trigger from address: lower case, no trailing dot; NULL for addresses.';
-COMMENT ON COLUMN tollgate.ip_rules.addr_span IS
-	'addr_first..addr_last as numbers (see tollgate.inet_number), GiST-indexed for overlap searches; NULL for a host name.';
+COMMENT ON COLUMN tollgate.ip_rules.addr_span4 IS
+	'IPv4 rules: addr_first..addr_last as 32-bit numbers, GiST-indexed for rule_overlaps; else NULL.';
+COMMENT ON COLUMN tollgate.ip_rules.addr_span6 IS
+	'IPv6 rules: addr_first..addr_last as 128-bit numbers, GiST-indexed for rule_overlaps; else NULL.';
 
 -- Recomputed on every write, so addr_first/addr_last/host_name always
 -- follow address even if someone sets them by hand.
@@ -534,7 +530,8 @@ $fn$;
 -- looks up overlapping spans.
 CREATE INDEX ip_rules_addr_idx ON tollgate.ip_rules (addr_first, addr_last);
 CREATE INDEX ip_rules_host_name_idx ON tollgate.ip_rules (host_name) WHERE host_name IS NOT NULL;
-CREATE INDEX ip_rules_addr_span_idx ON tollgate.ip_rules USING gist (addr_span);
+CREATE INDEX ip_rules_addr_span4_idx ON tollgate.ip_rules USING gist (addr_span4) WHERE addr_span4 IS NOT NULL;
+CREATE INDEX ip_rules_addr_span6_idx ON tollgate.ip_rules USING gist (addr_span6) WHERE addr_span6 IS NOT NULL;
 
 -- Audit log ----------------------------------------------------------------
 
@@ -778,30 +775,35 @@ CREATE TRIGGER clash_update AFTER UPDATE ON tollgate.ip_rules
 
 -- Overlap review -----------------------------------------------------------
 
--- Pairs of rules of different accounts whose address ranges overlap, each
--- pair once (rule_id < other_rule_id). Overlaps are often meant (the most
--- specific rule wins), so this is for review, not a refusal. overlap is
--- from the first rule's side: equal, contains, within or partial. Host
--- name rules are not listed: their addresses are known only to the loader.
+-- Pairs of rules of different accounts whose address ranges overlap.
+-- Overlaps are often meant (the most specific rule wins), so this is for
+-- review, not a refusal. Each pair appears twice, once from each side, so
+-- that "what do this rule's / this account's rules overlap?" is a filter
+-- on rule_id or account that the planner drives through the indexes; add
+-- WHERE rule_id < other_rule_id to see each pair once. overlap is from the
+-- rule's side: equal, contains, within or partial. Host name rules are
+-- not listed: their addresses are known only to the loader. Each rule
+-- probes the addr_span4/addr_span6 GiST indexes (a BitmapOr of both).
 CREATE VIEW tollgate.rule_overlaps AS
 SELECT a.id AS rule_id, a.account_id, aa.name AS account,
 	a.address, a.port, a.tech_prefix, a.status,
 	b.id AS other_rule_id, b.account_id AS other_account_id, ba.name AS other_account,
 	b.address AS other_address, b.port AS other_port, b.tech_prefix AS other_tech_prefix, b.status AS other_status,
-	CASE WHEN a.addr_span = b.addr_span THEN 'equal'
-		WHEN a.addr_span @> b.addr_span THEN 'contains'
-		WHEN a.addr_span <@ b.addr_span THEN 'within'
+	CASE WHEN a.addr_first = b.addr_first AND a.addr_last = b.addr_last THEN 'equal'
+		WHEN a.addr_first <= b.addr_first AND b.addr_last <= a.addr_last THEN 'contains'
+		WHEN b.addr_first <= a.addr_first AND a.addr_last <= b.addr_last THEN 'within'
 		ELSE 'partial'
 	END AS overlap,
 	(a.port IS NOT DISTINCT FROM b.port AND a.tech_prefix IS NOT DISTINCT FROM b.tech_prefix) AS same_port_and_prefix
 FROM tollgate.ip_rules AS a
 JOIN tollgate.ip_rules AS b
-	ON b.addr_span && a.addr_span AND b.id > a.id AND b.account_id <> a.account_id
+	ON (b.addr_span4 && a.addr_span4 OR b.addr_span6 && a.addr_span6)
+	AND b.account_id <> a.account_id
 JOIN tollgate.accounts AS aa ON aa.id = a.account_id
 JOIN tollgate.accounts AS ba ON ba.id = b.account_id;
 
 COMMENT ON VIEW tollgate.rule_overlaps IS
-	'Rules of different accounts whose address ranges overlap, each pair once; for review.';
+	'Rules of different accounts whose address ranges overlap, each pair from both sides; for review.';
 
 -- Rules stored before version 2 may already clash; they are kept (the
 -- gateway has been running with them), and said so.
@@ -816,9 +818,9 @@ DECLARE
 			AND b.port IS NOT DISTINCT FROM a.port AND b.tech_prefix IS NOT DISTINCT FROM a.tech_prefix);
 BEGIN
 	IF n > 0 THEN
-		RAISE WARNING '% pairs of ip rules of different accounts have the same range, port and tech prefix: the match is ambiguous', n
+		RAISE WARNING 'pairs of ip rules of different accounts with the same range, port and tech prefix (the match is ambiguous): %', n
 			USING HINT = 'They were kept. List them with: SELECT * FROM tollgate.rule_overlaps '
-				'WHERE overlap = ''equal'' AND same_port_and_prefix;';
+				'WHERE overlap = ''equal'' AND same_port_and_prefix AND rule_id < other_rule_id;';
 	END IF;
 END
 $warn$;
