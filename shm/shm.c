@@ -146,6 +146,15 @@ void shm_config_publish(shm_t *shm, const tg_config_t *cfg)
 
 int shm_config_read(shm_t *shm, uint64_t *gen, tg_config_t *out)
 {
+	/*
+	 * The copy lands here first and reaches *out only once the sequence
+	 * word shows it consistent: *out is the caller's live configuration,
+	 * and a torn copy must never replace it (least of all on the give-up
+	 * path below). Static, as tg_config_t is several KB; thread-local, so
+	 * that two threads reading at once do not share it.
+	 */
+	static _Thread_local tg_config_t tmp;
+
 	for (int tries = 0; tries < 1000; tries++) {
 		uint64_t g = atomic_load(&shm->conf->generation);
 		shm_confslot_sh_t *s = &shm->conf->slot[g & 1];
@@ -156,14 +165,15 @@ int shm_config_read(shm_t *shm, uint64_t *gen, tg_config_t *out)
 		seq1 = atomic_load(&s->seq);
 		if (seq1 & 1)
 			continue;
-		memcpy(out, &s->cfg, sizeof(*out));
+		memcpy(&tmp, &s->cfg, sizeof(tmp));
 		atomic_thread_fence(memory_order_acquire);
 		seq2 = atomic_load(&s->seq);
 		if (seq1 != seq2 || atomic_load(&shm->conf->generation) != g)
 			continue;
+		memcpy(out, &tmp, sizeof(*out));
 		*gen = g;
 		return 1;
 	}
-	/* the master died mid-copy; keep what we have */
+	/* the master died mid-copy; *out still holds the last consistent copy */
 	return 0;
 }

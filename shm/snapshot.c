@@ -811,13 +811,33 @@ int snap_head_arena_free(shm_t *shm)
 
 int snap_base_arena_free(shm_t *shm, unsigned b)
 {
-	/*
-	 * last may exceed the current generation: a loader that died between
-	 * storing it and publishing. Nothing reads b then, and the scan only
-	 * errs on the side of waiting until readers move past it.
-	 */
+	uint64_t cur = atomic_load(&shm->snapctl->generation);
 	uint64_t last = atomic_load(&shm->snapctl->base_last_head[b]);
 
+	/*
+	 * last may exceed the current generation: a loader that died between
+	 * storing base_last_head[b] = cur + 1 and storing generation = cur + 1.
+	 * Head cur + 1 was never published, so no reader ever held it, and
+	 * taken as it stands last would make this scan wait for every slot to
+	 * hold nothing at or below cur + 1, i.e. for every worker to be idle at
+	 * one scan: with busy workers, a stall of any length. Clamp it to the
+	 * last head that can really have read b:
+	 *   - nothing published (cur == 0): no head ever read b;
+	 *   - b is the base head cur reads: cur itself;
+	 *   - otherwise cur - 1 at most, as head cur reads the other base.
+	 * Each bound is at or above the true last reader of b (published heads
+	 * are exactly 1..cur), so the clamp never lets b be rewritten under a
+	 * reader. The head read here is stable: only the loader, our caller,
+	 * rewrites head arenas.
+	 */
+	if (last > cur) {
+		if (cur == 0)
+			last = 0;
+		else if (((const snap_head_sh_t *)shm->head_arena[cur & 1])->base_arena == b)
+			last = cur;
+		else
+			last = cur - 1;
+	}
 	return last == 0 || !generation_held(shm, 1, last);
 }
 
