@@ -100,6 +100,8 @@
 #define LOADER_DELTA_MAX 10000
 /* A full sync a burst forced waits for the burst to end, but no longer than this. */
 #define LOADER_FORCED_WAIT_MS 1000
+/* Quiet this long with the overlay (or the tombstones) more than half full: compact now. */
+#define LOADER_IDLE_COMPACT_MS 100
 
 enum loader_state {
 	LOADER_DISCONNECTED, /* no connection; retry timer armed */
@@ -125,7 +127,7 @@ enum sync_step {
 
 #define ACCOUNT_COLS "SELECT id, name, status, max_channels, max_cps FROM tollgate.accounts"
 #define RULE_COLS                                                                                            \
-	"SELECT id, account_id, address, port, tech_prefix, status, direction, host_name IS NOT NULL FROM "  \
+	"SELECT id, account_id, address, port, tech_prefix, status, direction, host_name FROM "              \
 	"tollgate.ip_rules"
 
 static const char *const full_sql[] = {
@@ -161,6 +163,7 @@ enum load_over {
 	OVER_ACCOUNTS, /* cap_accounts reached */
 	OVER_RULES,    /* cap_ip_rules reached */
 	OVER_MEMORY,   /* the model ran out of heap */
+	OVER_SLOTS,    /* no free account slot: deleted accounts hold them until a compaction */
 };
 
 /* What the next publish carries, strongest first wins the log line. */
@@ -214,6 +217,9 @@ typedef struct loader {
 	uint64_t rows_accounts, rows_rules; /* seen, valid or not */
 	enum load_over over;
 	int retry_load; /* after the ROLLBACK in flight: load again later */
+	int reload_now; /* after the ROLLBACK in flight: load again at once (a fresh model) */
+	int slot_reset; /* the model was replaced for want of account slots; the load has not succeeded yet */
+	int retry_due;  /* the retry timer fired during a delta: act on it once idle */
 
 	/* changes: collected from notifications, and the batch a delta sync fetches */
 	pending_t *collect, *batch;
@@ -233,7 +239,8 @@ typedef struct loader {
 	uint64_t ack_gen; /* answered by the next publish, or its failure */
 	uint64_t data_ms; /* wall clock of the database state the model holds, for ages */
 	struct event *publish_ev;
-	uint64_t wait_since_ms; /* 0: not waiting */
+	struct event *compact_ev; /* the idle compaction */
+	uint64_t wait_since_ms;   /* 0: not waiting */
 	uint32_t wait_ms;
 	int wait_warned;
 	int capacity_logged;
@@ -629,9 +636,18 @@ static void enter_idle(loader_t *l, int retry)
 		db_lost(l);
 		return;
 	}
-	if (retry)
+	if (l->retry_due) {
+		/* The retry fell due while a delta ran: now. */
+		l->retry_due = 0;
+		arm_timer(l->retry, 0);
+	} else if (retry) {
 		arm_timer(l->retry, retry_max_ms(l));
-	/* A SIGHUP arrived during the sync that just ended: load again. */
+	}
+	/* A SIGHUP arrived during the sync that just ended, or the model was replaced: load again. */
+	if (l->reload_now) {
+		load_start(l);
+		return;
+	}
 	if (l->want_gen != 0) {
 		check_start(l);
 		return;
@@ -647,6 +663,7 @@ static void enter_idle(loader_t *l, int retry)
 static void check_start(loader_t *l)
 {
 	event_del(l->retry);
+	l->retry_due = 0;
 	l->state = LOADER_CHECKING;
 	l->schema_rows = 0;
 	l->schema_found = -1;
@@ -730,6 +747,11 @@ static void sync_reset(loader_t *l, enum sync_kind kind)
 static void load_start(loader_t *l)
 {
 	event_del(l->retry);
+	l->retry_due = 0;
+	/* Only the load right after a model replacement is its retry (see load_out_of_slots()). */
+	if (!l->reload_now)
+		l->slot_reset = 0;
+	l->reload_now = 0;
 	l->load_gen = take_want(l);
 	sync_reset(l, SYNC_FULL);
 	sync_send(l, STEP_LISTEN);
@@ -799,6 +821,12 @@ static int out_of_memory(const char *err)
 	return err != NULL && strcmp(err, "out of memory") == 0;
 }
 
+/* Deleted accounts hold every slot until a compaction: not the row's fault, and fatal to the sync. */
+static int out_of_slots(const char *err)
+{
+	return err != NULL && strcmp(err, "no free account slot") == 0;
+}
+
 /* A delta's id with no row: the row is gone. */
 static void batch_delete(loader_t *l, enum pending_table t, int64_t id)
 {
@@ -864,6 +892,10 @@ static void account_row(loader_t *l, const PGresult *res, int row)
 		l->over = OVER_MEMORY;
 		return;
 	}
+	if (out_of_slots(err)) {
+		l->over = OVER_SLOTS;
+		return;
+	}
 	/* Its rules will be refused as "unknown account" and counted there. */
 	snap_model_account_del(l->model, id);
 	log_warnx("account_invalid", "id=%lld name=%s reason=%s", id, name, err);
@@ -902,6 +934,7 @@ static int host_ok(const char *s)
 typedef struct rule_row {
 	long long id, account_id, port;
 	const char *address, *prefix;
+	const char *host; /* the schema's normalised host name (lower case, no trailing dot), or NULL */
 	int active, is_host;
 	unsigned dir;
 } rule_row_t;
@@ -915,7 +948,8 @@ static void rule_parse(const PGresult *res, int row, rule_row_t *r)
 	r->prefix = PQgetisnull(res, row, 4) ? "" : PQgetvalue(res, row, 4);
 	r->active = !strcmp(PQgetvalue(res, row, 5), "active");
 	r->dir = direction_parse(PQgetvalue(res, row, 6));
-	r->is_host = !strcmp(PQgetvalue(res, row, 7), "t");
+	r->host = PQgetisnull(res, row, 7) ? NULL : PQgetvalue(res, row, 7);
+	r->is_host = r->host != NULL;
 }
 
 /* A host-name rule gets the resolver's last good addresses (none before its first answer). */
@@ -924,7 +958,7 @@ static const char *rule_host(loader_t *l, const rule_row_t *r, const tg_range_t 
 	const resolve_rule_t *got;
 	resolve_rule_t q;
 
-	if (!host_ok(r->address))
+	if (!host_ok(r->host))
 		return "not a host name";
 	memset(&q, 0, sizeof(q));
 	q.id = r->id;
@@ -933,7 +967,7 @@ static const char *rule_host(loader_t *l, const rule_row_t *r, const tg_range_t 
 	snprintf(q.tech_prefix, sizeof(q.tech_prefix), "%s", r->prefix);
 	q.active = r->active;
 	q.direction = r->dir;
-	snprintf(q.host, sizeof(q.host), "%s", r->address);
+	snprintf(q.host, sizeof(q.host), "%s", r->host);
 	if ((got = resolve_put(l->resolve, &q, NULL, 0)) == NULL)
 		return "out of memory";
 	*ranges = got->ranges;
@@ -997,7 +1031,7 @@ static void rule_row(loader_t *l, const PGresult *res, int row)
 
 static void on_row(loader_t *l, const PGresult *res, int row)
 {
-	if (l->qfailed || (l->state == LOADER_SYNCING && l->over == OVER_MEMORY))
+	if (l->qfailed || (l->state == LOADER_SYNCING && (l->over == OVER_MEMORY || l->over == OVER_SLOTS)))
 		return;
 	if (l->state == LOADER_CHECKING)
 		check_row(l, res, row);
@@ -1011,6 +1045,45 @@ static void on_row(loader_t *l, const PGresult *res, int row)
 /* syncs: steps                                                       */
 
 /*
+ * A full load ran out of account slots: the model's deleted accounts hold
+ * them until a compaction, and the load has already changed accounts, so
+ * the model is no longer the one published and no compaction may publish
+ * it. Load again, at once, into a fresh model, where every slot is free
+ * (a load holds at most cap_accounts accounts; a head has twice as many
+ * slots). Workers keep the last snapshot meanwhile; the host names keep
+ * their addresses in the resolver. Once only: a second time, the old
+ * snapshot stays and capacity_exceeded says why.
+ */
+static void load_out_of_slots(loader_t *l)
+{
+	snap_model_t *fresh =
+	        l->slot_reset ? NULL : snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules);
+
+	if (fresh == NULL) {
+		if (l->slot_reset)
+			log_errorx("capacity_exceeded", "table=%s rows=%llu capacity=%u reason=%s",
+			           "accounts", (unsigned long long)l->rows_accounts, l->c->cfg.cap_accounts,
+			           "no free account slot");
+		else
+			log_errorx("load_failed", "reason=%s", "out of memory");
+		l->slot_reset = 0;
+		sync_abandon(l, 1);
+		sync_rollback(l, 1);
+		return;
+	}
+	log_notice("load_restarted", "reason=%s rows=%llu capacity=%u", "no free account slot",
+	           (unsigned long long)l->rows_accounts, l->c->cfg.cap_accounts);
+	snap_model_free(l->model);
+	l->model = fresh;
+	l->mixed = 1; /* empty: nothing is published from it until the load fills it */
+	l->slot_reset = 1;
+	l->reload_now = 1;
+	/* Not a failure: the next load answers for this one's generation. */
+	sync_abandon(l, 0);
+	sync_rollback(l, 0);
+}
+
+/*
  * Above capacity: the old snapshot stays, since a partial one would refuse
  * real customers. Loading again only helps once rows are deleted, which
  * the SIGHUP after that delete asks for; so no timed retry, except after
@@ -1020,6 +1093,10 @@ static void load_over_capacity(loader_t *l)
 {
 	int retry = l->over == OVER_MEMORY;
 
+	if (l->over == OVER_SLOTS) {
+		load_out_of_slots(l);
+		return;
+	}
 	if (l->over == OVER_MEMORY)
 		log_errorx("load_failed", "reason=%s", "out of memory");
 	else if (l->over == OVER_ACCOUNTS)
@@ -1041,6 +1118,7 @@ static void load_done(loader_t *l)
 	l->applying = 0;
 	l->mixed = 0;
 	l->synced = 1;
+	l->slot_reset = 0;
 	log_debug("load_swept", "rows=%u", swept);
 	mark_dirty(l, PUB_FULL, l->sync_start_us);
 	if (l->load_gen > l->ack_gen)
@@ -1096,8 +1174,10 @@ static void full_step_done(loader_t *l)
 
 static void delta_step_done(loader_t *l)
 {
-	if (l->over == OVER_MEMORY) {
-		snprintf(l->qerr, sizeof(l->qerr), "out of memory");
+	/* Out of slots too: a full sync follows, and frees them (see load_out_of_slots()). */
+	if (l->over == OVER_MEMORY || l->over == OVER_SLOTS) {
+		snprintf(l->qerr, sizeof(l->qerr), "%s",
+		         l->over == OVER_MEMORY ? "out of memory" : "no free account slot");
 		delta_failed(l);
 		return;
 	}
@@ -1317,9 +1397,12 @@ static void io_cb(evutil_socket_t fd, short what, void *arg)
 		db_lost(l);
 		return;
 	}
-	if (!(what & EV_READ))
-		return;
-	/* In IDLE this is how a server that went away is noticed. */
+	/*
+	 * Read after a write wake-up too: PQflush() may have read input into
+	 * libpq's buffer (it reads while the server is blocked sending to us),
+	 * and no read event comes for bytes the socket no longer holds. In
+	 * IDLE this is how a server that went away is noticed.
+	 */
 	if (!PQconsumeInput(l->conn)) {
 		consume_failed(l);
 		return;
@@ -1337,6 +1420,8 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 		db_connect(l);
 	else if (l->state == LOADER_IDLE)
 		check_start(l);
+	else if (l->state == LOADER_SYNCING && l->kind == SYNC_DELTA)
+		l->retry_due = 1; /* a delta does not do what the retry asks: enter_idle() re-arms it */
 }
 
 /*
@@ -1454,6 +1539,53 @@ static void publish_failed(loader_t *l)
 
 static void save_schedule(loader_t *l);
 
+/*
+ * The overlay (or the tombstone list) is more than half full: compact
+ * while nothing changes, so that the change that would overflow it does
+ * not wait for a base to be built (about a second at a million rules).
+ * Any change since pushes this back: its own publish checks again.
+ */
+static void compact_schedule(loader_t *l, const snap_publish_stats_t *st)
+{
+	uint32_t cap = snap_overlay_cap(l->c->cfg.cap_ip_rules);
+
+	if (st->kind == SNAP_PUBLISH_DELTA && (st->overlay_entries > cap / 2 || st->tombstones > cap / 2))
+		arm_timer(l->compact_ev, LOADER_IDLE_COMPACT_MS);
+	else
+		event_del(l->compact_ev);
+}
+
+static void compact_cb(evutil_socket_t fd, short what, void *arg)
+{
+	loader_t *l = arg;
+	snap_publish_stats_t st;
+	int rc;
+
+	(void)fd;
+	(void)what;
+	/* Only a model that equals the published one, with nothing on its way. */
+	if (l->dirty || l->applying || l->mixed || l->state == LOADER_SYNCING || !pending_empty(l->collect) ||
+	    event_pending(l->coalesce_ev, EV_TIMEOUT, NULL))
+		return;
+	rc = snap_model_publish_base(l->model, l->shm, tg_wall_ms(), &st);
+	if (rc == 1) {
+		arm_timer(l->compact_ev, LOADER_PUBLISH_MAX_MS); /* a worker holds an arena: soon */
+		return;
+	}
+	if (rc < 0) {
+		log_warn("idle_compaction_failed", "accounts=%u ip_rules=%u", snap_model_naccounts(l->model),
+		         snap_model_nrules(l->model));
+		return;
+	}
+	log_notice("snapshot_published",
+	           "kind=%s generation=%llu base_generation=%llu compaction=%d reason=%s accounts=%u "
+	           "ip_rules=%u changes=%d invalid=%d latency_us=%d load_ms=%d waited_ms=%d "
+	           "build_us=%llu head_bytes=%zu base_bytes=%zu overlay_rules=%u tombstones=%u",
+	           "idle", (unsigned long long)st.generation, (unsigned long long)st.base_generation, 1,
+	           "idle_compaction", st.accounts, st.rules, 0, 0, 0, 0, 0, (unsigned long long)st.build_us,
+	           st.head_bytes, st.base_bytes, st.overlay_rules, st.tombstones);
+}
+
 static void publish_try(loader_t *l)
 {
 	uint64_t built_ms = tg_wall_ms();
@@ -1474,6 +1606,7 @@ static void publish_try(loader_t *l)
 	}
 	publish_stats(l, &st, built_ms);
 	publish_done(l);
+	compact_schedule(l, &st);
 	l->capacity_logged = 0;
 	l->dirty = 0;
 	l->pub_kind = PUB_NONE;
@@ -1802,6 +1935,7 @@ static int loader_alloc(loader_t *l)
 	l->retry = evtimer_new(l->base, retry_cb, l);
 	l->timeout = evtimer_new(l->base, timeout_cb, l);
 	l->publish_ev = evtimer_new(l->base, publish_cb, l);
+	l->compact_ev = evtimer_new(l->base, compact_cb, l);
 	l->coalesce_ev = evtimer_new(l->base, coalesce_cb, l);
 	l->save_ev = evtimer_new(l->base, save_cb, l);
 	l->model = snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules);
@@ -1809,8 +1943,9 @@ static int loader_alloc(loader_t *l)
 	l->collect = pending_new(LOADER_DELTA_MAX);
 	l->batch = pending_new(LOADER_DELTA_MAX);
 	return l->io != NULL && l->retry != NULL && l->timeout != NULL && l->publish_ev != NULL &&
-	                       l->coalesce_ev != NULL && l->save_ev != NULL && l->model != NULL &&
-	                       l->resolve != NULL && l->collect != NULL && l->batch != NULL
+	                       l->compact_ev != NULL && l->coalesce_ev != NULL && l->save_ev != NULL &&
+	                       l->model != NULL && l->resolve != NULL && l->collect != NULL &&
+	                       l->batch != NULL
 	               ? 0
 	               : -1;
 }
@@ -1845,6 +1980,7 @@ static void loader_cleanup(loader_t *l)
 	event_free(l->retry);
 	event_free(l->timeout);
 	event_free(l->publish_ev);
+	event_free(l->compact_ev);
 	event_free(l->coalesce_ev);
 	event_free(l->save_ev);
 	event_base_free(l->base);

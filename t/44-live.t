@@ -107,6 +107,13 @@ is(status_of(23), 200, '... and keeps the last addresses');
 $pg->psql("delete from tollgate.ip_rules where id = $host_rule");
 is(poll_status(23, 403, 1), 403, 'the host-name rule deleted: refused');
 
+# typed as an operator might: blanks, capitals, a trailing dot
+$t->write_file('hosts', "127.0.0.22 pbx.acme.test\n");
+$host_rule = $pg->add_rule($acme, ' PBX.Acme.Test. ');
+is(poll_status(22, 200, 5), 200, "a host name typed as ' PBX.Acme.Test. ' resolves as pbx.acme.test");
+$pg->psql("delete from tollgate.ip_rules where id = $host_rule");
+is(poll_status(22, 403, 1), 403, '... deleted: refused');
+
 # --- a burst ------------------------------------------------------------------
 
 $mark = $t->log_mark;
