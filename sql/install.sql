@@ -829,6 +829,14 @@ UPDATE tollgate.schema_version SET version = 2, updated_at = now();
 
 \endif
 
+--
+-- Step 3 (SIP digest users: settings, sip_users, set_password) is written
+-- but not wired in yet: it lives in sql/migrations/003_sip_users.sql and is
+-- applied by hand after this file, until the loader reads sip_users and
+-- LOADER_SCHEMA_VERSION becomes 3. Then its block moves here as step 3 and
+-- latest_version becomes 3.
+--
+
 -- A step that forgot to record its version, or a latest_version that
 -- forgot a step, fails here instead of leaving a half-known schema.
 DO $check$
