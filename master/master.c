@@ -392,23 +392,20 @@ static int reload_complete(void)
 
 static void tick_alive(void)
 {
-	int workers = 0, serving = 0;
+	int serving = 0;
 
 	for (int i = 0; i < m.nchildren; i++) {
 		child_t *ch = &m.children[i];
 		if (ch->role != ROLE_WORKER || ch->pid == 0)
 			continue;
-		workers++;
 		serving += atomic_load(&child_slot(ch)->serving) != 0;
 	}
 	m.stats.workers_alive = serving;
 	m.stats.loader_alive = m.children[0].pid != 0;
 	if (!m.ready_logged && serving == m.cfg->workers) {
 		m.ready_logged = 1;
-		log_notice("ready", "workers=%d listen=%s downstream_ok=%d", serving,
-		           m.cfg->listen[0].advertise, 1);
+		log_notice("ready", "workers=%d listen=%s", serving, m.cfg->listen[0].advertise);
 	}
-	(void)workers;
 }
 
 static void tick_reload(void)

@@ -500,16 +500,14 @@ static void handle_request(worker_t *w, const pkt_t *p, osip_message_t *msg)
 static int via_is_ours(worker_t *w, osip_message_t *msg)
 {
 	osip_via_t *top = NULL, *prev = NULL;
-	osip_generic_param_t *b = NULL;
 	char want[64];
 
 	if (osip_message_get_via(msg, 0, &top) != 0 || top == NULL)
 		return 0;
-	if (osip_via_param_get_byname(top, "branch", &b) != 0 || b == NULL || b->gvalue == NULL)
-		return 0;
 	osip_message_get_via(msg, 1, &prev);
 	make_branch(w, msg, prev, want, sizeof(want));
-	return strcmp(b->gvalue, want) == 0;
+	/* a missing branch reads as "", which no minted branch equals */
+	return strcmp(via_param(top, "branch"), want) == 0;
 }
 
 /* Where a response goes: the Via's received and rport when present (RFC 3261 18.2.2, RFC 3581). */
