@@ -110,7 +110,7 @@ static inline void mix_rule_put(snap_model_t *m, int64_t id, const tg_range_t *r
 static inline snap_model_t *mix_model(uint32_t nrules, tg_range_t *ranges)
 {
 	uint32_t naccounts = mix_accounts(nrules);
-	snap_model_t *m = snap_model_new(naccounts, mix_cap(nrules));
+	snap_model_t *m = snap_model_new(naccounts, mix_cap(nrules), 16);
 	char name[32];
 
 	for (uint32_t a = 0; a < naccounts; a++) {

@@ -24,6 +24,7 @@
 
 #include "lib/addr.h"
 #include "lib/log.h"
+#include "lib/sha256.h"
 #include "master/config.h"
 
 /* A config is a page of text; anything bigger is the wrong file. */
@@ -677,13 +678,130 @@ static int parse_cap_ip_rules(cfg_parse_t *p, yaml_node_t *n, const char *key)
 	return set_u32(p, n, key, 1, 50000000, &p->cfg->cap_ip_rules);
 }
 
+static int parse_cap_sip_users(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 1, 10000000, &p->cfg->cap_sip_users);
+}
+
+/* Hash tables in shared memory: a power of two, at least one probe window. */
+static int set_pow2(cfg_parse_t *p, yaml_node_t *n, const char *key, uint32_t *dst)
+{
+	uint32_t v;
+
+	if (set_u32(p, n, key, 16, 1U << 26, &v) < 0)
+		return -1;
+	if (v & (v - 1))
+		return fail(p, n, key, "bad value: %u is not a power of two", v);
+	*dst = v;
+	return 0;
+}
+
+static int parse_cap_nonces(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_pow2(p, n, key, &p->cfg->cap_nonces);
+}
+
+static int parse_cap_failures(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_pow2(p, n, key, &p->cfg->cap_failures);
+}
+
 static int parse_capacity(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
-	static const cfg_field_t fields[] = {{"accounts", parse_cap_accounts},
-	                                     {"ip_rules", parse_cap_ip_rules}};
+	static const cfg_field_t fields[] = {
+	        {"accounts", parse_cap_accounts},        {"ip_rules", parse_cap_ip_rules},
+	        {"sip_users", parse_cap_sip_users},      {"nonces", parse_cap_nonces},
+	        {"failure_sources", parse_cap_failures},
+	};
 	yaml_node_t *found[NFIELDS(fields)];
 
 	return map_apply(p, n, key, fields, NFIELDS(fields), found);
+}
+
+/* ---- digest ---- */
+
+static int parse_digest_realm(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	const char *s;
+
+	if (copy_string(p, n, key, p->cfg->digest_realm, sizeof p->cfg->digest_realm) < 0)
+		return -1;
+	if (!p->cfg->digest_realm[0])
+		return fail(p, n, key, "bad value: empty; leave out the digest section to turn digest off");
+	/* it is written inside a quoted-string of our challenges */
+	for (s = p->cfg->digest_realm; *s; s++)
+		if (*s < 0x20 || *s > 0x7e || *s == '"' || *s == '\\')
+			return fail(p, n, key, "bad value: only printable ASCII without '\"' or '\\'");
+	return 0;
+}
+
+static int parse_nonce_ttl_s(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 1, 86400, &p->cfg->nonce_ttl_s);
+}
+
+static int parse_user_header(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	char *dst = p->cfg->user_header, buf[48];
+
+	if (copy_string(p, n, key, dst, sizeof p->cfg->user_header) < 0)
+		return -1;
+	if (!sip_token(dst))
+		return fail(p, n, key, "bad value: \"%s\" is not a SIP header name (RFC 3261 token)",
+		            shown(dst, buf, sizeof buf));
+	if (header_reserved(dst))
+		return fail(p, n, key, "bad value: %s is a header the SIP path needs", dst);
+	return 0;
+}
+
+/*
+ * The nonce secret, shared by the nodes that should accept each other's
+ * nonces: the file's first 32 bytes or more, hashed down to 32. Without a
+ * file every start makes a random one (a restart then answers the nonces
+ * in flight with stale=true, which clients follow without asking anyone).
+ */
+static int parse_digest_secret_file(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	tg_config_t *cfg = p->cfg;
+	unsigned char buf[4096];
+	size_t len;
+	FILE *f;
+
+	if (copy_string(p, n, key, cfg->digest_secret_file, sizeof cfg->digest_secret_file) < 0)
+		return -1;
+	if (!cfg->digest_secret_file[0]) {
+		cfg->digest_secret_set = 0;
+		return 0;
+	}
+	f = fopen(cfg->digest_secret_file, "rb");
+	if (f == NULL)
+		return fail(p, n, key, "cannot read %s: %s", cfg->digest_secret_file, strerror(errno));
+	len = fread(buf, 1, sizeof buf, f);
+	fclose(f);
+	if (len < 32)
+		return fail(p, n, key, "bad value: %s holds %zu bytes, at least 32 are needed",
+		            cfg->digest_secret_file, len);
+	tg_sha256(buf, len, cfg->digest_secret);
+	explicit_bzero(buf, sizeof buf);
+	cfg->digest_secret_set = 1;
+	return 0;
+}
+
+static int parse_digest(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	static const cfg_field_t fields[] = {
+	        {"realm", parse_digest_realm},
+	        {"nonce_ttl_s", parse_nonce_ttl_s},
+	        {"user_header", parse_user_header},
+	        {"secret_file", parse_digest_secret_file},
+	};
+	yaml_node_t *found[NFIELDS(fields)];
+
+	if (map_apply(p, n, key, fields, NFIELDS(fields), found) < 0)
+		return -1;
+	if (found[0] == NULL)
+		return fail(p, n, key, "realm: required (the realm the HA1 hashes were computed with)");
+	return 0;
 }
 
 /* ---- db_retry ---- */
@@ -802,6 +920,7 @@ static const cfg_field_t top_fields[] = {
         {"db_retry", parse_db_retry},
         {"snapshot_file", parse_snapshot_file},
         {"provisioning", parse_provisioning},
+        {"digest", parse_digest},
 };
 
 static int parse_root(cfg_parse_t *p, yaml_node_t *root)
@@ -952,6 +1071,11 @@ void tg_config_defaults(tg_config_t *cfg)
 	snprintf(cfg->server_name, sizeof cfg->server_name, "tollgate");
 	cfg->cap_accounts = 10000;
 	cfg->cap_ip_rules = 100000;
+	cfg->cap_sip_users = 10000;
+	cfg->cap_nonces = 65536;
+	cfg->cap_failures = 65536;
+	cfg->nonce_ttl_s = 300;
+	snprintf(cfg->user_header, sizeof cfg->user_header, "X-Tollgate-User");
 	cfg->db_retry_min_ms = 250;
 	cfg->db_retry_max_ms = 10000;
 	/* snapshot_file stays "": writing files is the operator's choice */
@@ -1021,7 +1145,9 @@ void tg_config_restart_only_diff(const tg_config_t *a, const tg_config_t *b, cha
 		names[n++] = "listen";
 	if (a->workers != b->workers)
 		names[n++] = "workers";
-	if (a->cap_accounts != b->cap_accounts || a->cap_ip_rules != b->cap_ip_rules)
+	if (a->cap_accounts != b->cap_accounts || a->cap_ip_rules != b->cap_ip_rules ||
+	    a->cap_sip_users != b->cap_sip_users || a->cap_nonces != b->cap_nonces ||
+	    a->cap_failures != b->cap_failures)
 		names[n++] = "capacity";
 	if (metrics_differs(a, b))
 		names[n++] = "metrics";

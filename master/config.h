@@ -15,11 +15,12 @@
 
 #include "lib/addr.h"
 
-#define TG_MAX_LISTEN      8
-#define TG_MAX_TRUSTED     16
-#define TG_MAX_WORKERS     64
-#define TG_CONNINFO_MAX    1024
-#define TG_HEADER_NAME_MAX 64
+#define TG_MAX_LISTEN       8
+#define TG_MAX_TRUSTED      16
+#define TG_MAX_WORKERS      64
+#define TG_CONNINFO_MAX     1024
+#define TG_HEADER_NAME_MAX  64
+#define TG_DIGEST_REALM_MAX 128
 
 enum tg_reject_mode {
 	TG_REJECT_REPLY, /* 403 Forbidden */
@@ -61,6 +62,9 @@ typedef struct tg_config {
 	/* capacity: sizes of shared memory, restart-only */
 	uint32_t cap_accounts;
 	uint32_t cap_ip_rules;
+	uint32_t cap_sip_users;
+	uint32_t cap_nonces;   /* nonce-count replay table slots, a power of two */
+	uint32_t cap_failures; /* failure-count table slots (source addresses), a power of two */
 
 	/* database reconnect back-off, milliseconds */
 	uint32_t db_retry_min_ms;
@@ -75,6 +79,14 @@ typedef struct tg_config {
 	uint32_t save_interval_ms; /* least time between two writes of snapshot_file */
 	uint32_t dns_refresh_s;    /* host names in ip_rules are resolved again this often */
 	char hosts_file[PATH_MAX]; /* read before DNS; "" = none */
+
+	/* digest: SIP digest authentication; on when digest_realm is not "" */
+	char digest_realm[TG_DIGEST_REALM_MAX + 1];
+	uint32_t nonce_ttl_s;                 /* a nonce is fresh this long */
+	char user_header[TG_HEADER_NAME_MAX]; /* names the digest user towards the softswitch */
+	uint8_t digest_secret[32];            /* from digest.secret_file; all zero = random per start */
+	int digest_secret_set;                /* 0/1 */
+	char digest_secret_file[PATH_MAX];
 } tg_config_t;
 
 /*

@@ -15,6 +15,8 @@
 #include "lib/clock.h"
 #include "lib/log.h"
 #include "master/master.h"
+#include "shm/failures.h"
+#include "shm/nonce.h"
 #include "shm/shm.h"
 #include "shm/snapshot.h"
 
@@ -59,6 +61,40 @@ static void put_refusals(struct evbuffer *b)
 static void put_gauge(struct evbuffer *b, const char *name, const char *help, const char *type, double v)
 {
 	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.15g\n", name, help, name, type, name, v);
+}
+
+/* Digest: what was done with requests, and the two shared tables behind it. */
+static void put_digest(struct evbuffer *b)
+{
+	shm_nonce_sh_t *n = mx.shm->nonce;
+	shm_failures_sh_t *f = mx.shm->failures;
+	uint64_t failed = 0;
+
+	evbuffer_add_printf(
+	        b, "# HELP tollgate_digest_total Requests handled by digest authentication, by result.\n"
+	           "# TYPE tollgate_digest_total counter\n");
+	for (int d = 0; d < SHM_D_COUNT; d++) {
+		uint64_t sum = 0;
+		for (uint32_t w = 0; w < mx.shm->hdr->nworkers; w++)
+			sum += atomic_load_explicit(&mx.shm->stats[w].digest[d], memory_order_relaxed);
+		if (d == SHM_D_FAILED)
+			failed = sum;
+		evbuffer_add_printf(b, "tollgate_digest_total{result=\"%s\"} %llu\n", shm_digest_name(d),
+		                    (unsigned long long)sum);
+	}
+	put_gauge(b, "tollgate_auth_failures_total",
+	          "Authentication failures counted against their source address (reasons in "
+	          "tollgate_refusals_total).",
+	          "counter", (double)failed);
+	put_gauge(b, "tollgate_nonce_replays_total", "Nonce counts refused as not increasing.", "counter",
+	          (double)atomic_load(&n->replays));
+	put_gauge(b, "tollgate_nonce_table_full_total", "Requests refused: capacity.nonces too small.",
+	          "counter", (double)atomic_load(&n->full));
+	put_gauge(b, "tollgate_nonce_inserts_total", "Nonces answered for the first time.", "counter",
+	          (double)atomic_load(&n->inserts));
+	put_gauge(b, "tollgate_failure_sources_full_total",
+	          "Failures not counted: capacity.failure_sources too small.", "counter",
+	          (double)atomic_load(&f->full));
 }
 
 /* Live provisioning: changes from PostgreSQL, the snapshot file, host names. */
@@ -116,6 +152,10 @@ static void put_state(struct evbuffer *b)
 	          (double)atomic_load(&l->ip_rules));
 	put_gauge(b, "tollgate_snapshot_rules_invalid", "Rules skipped at the last load.", "gauge",
 	          (double)atomic_load(&l->rules_invalid));
+	put_gauge(b, "tollgate_snapshot_sip_users", "SIP digest users in the published snapshot.", "gauge",
+	          (double)atomic_load(&l->sip_users));
+	put_gauge(b, "tollgate_snapshot_sip_users_invalid", "SIP users skipped at the last load.", "gauge",
+	          (double)atomic_load(&l->users_invalid));
 	put_gauge(b, "tollgate_loads_total", "Full provisioning loads published.", "counter",
 	          (double)atomic_load(&l->loads));
 	put_gauge(b, "tollgate_load_failures_total", "Full provisioning loads that failed.", "counter",
@@ -145,6 +185,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	}
 	put_requests(b);
 	put_refusals(b);
+	put_digest(b);
 	put_state(b);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 	                  "text/plain; version=0.0.4");

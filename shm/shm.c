@@ -13,6 +13,8 @@
 #include <sys/random.h>
 
 #include "lib/log.h"
+#include "shm/failures.h"
+#include "shm/nonce.h"
 #include "shm/shm.h"
 #include "shm/snapshot.h"
 
@@ -21,9 +23,32 @@ static const char *const method_names[SHM_M_COUNT] = {
 };
 static const char *const outcome_names[SHM_O_COUNT] = {"forwarded", "rejected", "dropped", "answered"};
 static const char *const reason_names[SHM_R_COUNT] = {
-        "unknown_source", "no_rule_fits", "account_inactive", "no_provisioning", "malformed", "too_many_hops",
-        "loop",           "bad_via",      "no_route",         "send_failed",     "too_large",
+        "unknown_source",
+        "no_rule_fits",
+        "account_inactive",
+        "no_provisioning",
+        "malformed",
+        "too_many_hops",
+        "loop",
+        "bad_via",
+        "no_route",
+        "send_failed",
+        "too_large",
+        "bad_credentials",
+        "unknown_user",
+        "user_inactive",
+        "source_not_allowed",
+        "wrong_password",
+        "nonce_replay",
+        "nonce_table_full",
+        "egress_denied",
 };
+static const char *const digest_names[SHM_D_COUNT] = {"challenged", "stale", "accepted", "failed", "dialog"};
+
+const char *shm_digest_name(int d)
+{
+	return (d >= 0 && d < SHM_D_COUNT) ? digest_names[d] : "unknown";
+}
 
 const char *shm_method_name(int m)
 {
@@ -47,7 +72,7 @@ static size_t align_up(size_t n, size_t a)
 
 size_t shm_head_arena_size(const tg_config_t *cfg)
 {
-	return align_up(snap_head_size_bound(cfg->cap_accounts, cfg->cap_ip_rules), 4096);
+	return align_up(snap_head_size_bound(cfg->cap_accounts, cfg->cap_ip_rules, cfg->cap_sip_users), 4096);
 }
 
 size_t shm_base_arena_size(const tg_config_t *cfg)
@@ -71,6 +96,8 @@ static void shm_bind(shm_t *shm)
 	}
 	shm->head_size = h->head_size;
 	shm->base_size = h->base_size;
+	shm->nonce = (shm_nonce_sh_t *)(base + h->off_nonce);
+	shm->failures = (shm_failures_sh_t *)(base + h->off_failures);
 }
 
 int shm_create(shm_t *shm, const tg_config_t *cfg)
@@ -92,7 +119,14 @@ int shm_create(shm_t *shm, const tg_config_t *cfg)
 	h.off_conf = off;
 	off = align_up(off + sizeof(shm_confbuf_sh_t), SHM_CACHELINE);
 	h.off_snapctl = off;
-	off = align_up(off + sizeof(shm_snapctl_sh_t), 4096);
+	off = align_up(off + sizeof(shm_snapctl_sh_t), SHM_CACHELINE);
+	h.off_nonce = off;
+	off = align_up(off + shm_nonce_size(cfg->cap_nonces), SHM_CACHELINE);
+	h.off_failures = off;
+	off = align_up(off + shm_failures_size(cfg->cap_failures), 4096);
+	h.cap_sip_users = cfg->cap_sip_users;
+	h.cap_nonces = cfg->cap_nonces;
+	h.cap_failures = cfg->cap_failures;
 	h.cap_accounts = cfg->cap_accounts;
 	h.cap_ip_rules = cfg->cap_ip_rules;
 	h.head_size = shm_head_arena_size(cfg);
@@ -103,7 +137,8 @@ int shm_create(shm_t *shm, const tg_config_t *cfg)
 	h.off_base[0] = off;
 	h.off_base[1] = off + h.base_size;
 	h.total_size = off + 2 * h.base_size;
-	if (getrandom(h.secret, sizeof(h.secret), 0) != (ssize_t)sizeof(h.secret)) {
+	if (getrandom(h.secret, sizeof(h.secret), 0) != (ssize_t)sizeof(h.secret) ||
+	    getrandom(h.digest_secret, sizeof(h.digest_secret), 0) != (ssize_t)sizeof(h.digest_secret)) {
 		log_error("shm_failed", "call=%s", "getrandom()");
 		return -1;
 	}
@@ -119,6 +154,15 @@ int shm_create(shm_t *shm, const tg_config_t *cfg)
 	shm->size = h.total_size;
 	memcpy(shm->base, &h, sizeof(h));
 	shm_bind(shm);
+	{
+		/* the tables' hash seeds: from the secret, so they are as unguessable */
+		uint8_t seed[16];
+		memcpy(seed, h.secret + 16, sizeof seed);
+		seed[0] ^= 'n';
+		shm_nonce_init(shm->nonce, cfg->cap_nonces, seed);
+		seed[0] ^= 'n' ^ 'f';
+		shm_failures_init(shm->failures, cfg->cap_failures, SHM_FAILURE_WINDOW_S, seed);
+	}
 	atomic_store(&shm->conf->generation, 0);
 	log_info("shm_created", "bytes=%llu head_arena_bytes=%llu base_arena_bytes=%llu workers=%u",
 	         (unsigned long long)h.total_size, (unsigned long long)h.head_size,

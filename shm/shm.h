@@ -11,6 +11,8 @@
  *   shm_loader_sh_t         loader status (database state, snapshot stats)
  *   shm_confbuf_sh_t        the running configuration, seqlock double buffer
  *   shm_snapctl_sh_t        the published snapshot generation, base bookkeeping
+ *   shm_nonce_sh_t          digest nonce counts (shm/nonce.h), capacity.nonces slots
+ *   shm_failures_sh_t       authentication failures by source (shm/failures.h)
  *   head arena[2]           provisioning heads: accounts, overlay, tombstones
  *                           (header.head_size bytes each, snap_head_size_bound())
  *   base arena[2]           provisioning bases: rule entries and their index
@@ -31,9 +33,10 @@
 
 #include "master/config.h"
 
-#define SHM_CACHELINE      64
-#define SHM_MAGIC          0x74676174654d454dULL /* "tgateMEM" */
-#define SHM_LAYOUT_VERSION 2
+#define SHM_CACHELINE        64
+#define SHM_MAGIC            0x74676174654d454dULL /* "tgateMEM" */
+#define SHM_LAYOUT_VERSION   3
+#define SHM_FAILURE_WINDOW_S 60 /* seconds per window of the failure counts (shm/failures.h) */
 
 /* Request methods and outcomes counted per worker. */
 enum shm_method {
@@ -56,6 +59,18 @@ enum shm_outcome {
 	SHM_O_COUNT
 };
 
+/* What digest authentication did with a request. */
+enum shm_digest {
+	SHM_D_CHALLENGED, /* answered 401/407 without stale */
+	SHM_D_STALE,      /* answered 401/407 with stale=true */
+	SHM_D_ACCEPTED,   /* credentials verified */
+	SHM_D_FAILED,     /* refused: a reason in refusals[] */
+	SHM_D_DIALOG,     /* in-dialog request let through by the token in our Record-Route */
+	SHM_D_COUNT
+};
+
+const char *shm_digest_name(int d);
+
 /* Why a request did not pass. Stable strings in shm_reason_name(). */
 enum shm_reason {
 	SHM_R_UNKNOWN_SOURCE,
@@ -69,6 +84,15 @@ enum shm_reason {
 	SHM_R_NO_ROUTE,        /* no usable next hop */
 	SHM_R_SEND_FAILED,
 	SHM_R_TOO_LARGE,
+	/* digest (the log says which user; see worker/auth.c) */
+	SHM_R_BAD_CREDENTIALS, /* credentials that do not parse, or not for our realm's rules */
+	SHM_R_UNKNOWN_USER,
+	SHM_R_USER_INACTIVE,
+	SHM_R_SOURCE_NOT_ALLOWED, /* the user's allowed sources exclude the address */
+	SHM_R_WRONG_PASSWORD,
+	SHM_R_NONCE_REPLAY,     /* a nonce count that did not increase */
+	SHM_R_NONCE_TABLE_FULL, /* capacity.nonces too small for the traffic */
+	SHM_R_EGRESS_DENIED,    /* the softswitch's request to an address no egress rule covers */
 	SHM_R_COUNT
 };
 
@@ -90,7 +114,12 @@ typedef struct shm_header_sh {
 	uint64_t base_size;    /* bytes each */
 	uint32_t cap_accounts; /* the capacity the arenas were sized for */
 	uint32_t cap_ip_rules;
-	uint8_t secret[32]; /* random at master start; keys the Via branch check */
+	uint8_t secret[32];        /* random at master start; keys the Via branch check and route tokens */
+	uint8_t digest_secret[32]; /* random at master start; keys nonces unless digest.secret_file is set */
+	uint64_t off_nonce,
+	        off_failures; /* the nonce-count and failure tables (shm/nonce.h, shm/failures.h) */
+	uint32_t cap_sip_users, cap_nonces, cap_failures;
+	uint32_t pad2;
 } shm_header_sh_t;
 
 /* One per child. Index 0 is the loader, 1..N the workers. */
@@ -109,6 +138,7 @@ typedef struct shm_stats_sh {
 	_Alignas(SHM_CACHELINE) _Atomic uint64_t
 	        requests[SHM_M_COUNT][SHM_O_COUNT]; /* count; writer: the worker */
 	_Atomic uint64_t refusals[SHM_R_COUNT];     /* count; writer: the worker */
+	_Atomic uint64_t digest[SHM_D_COUNT];       /* count; writer: the worker */
 } shm_stats_sh_t;
 
 typedef struct shm_loader_sh {
@@ -117,6 +147,8 @@ typedef struct shm_loader_sh {
 	_Atomic uint64_t snapshot_ms;   /* wall clock ms when the current snapshot was built */
 	_Atomic uint64_t accounts;      /* in the current snapshot */
 	_Atomic uint64_t ip_rules;      /* in the current snapshot */
+	_Atomic uint64_t sip_users;     /* in the current snapshot */
+	_Atomic uint64_t users_invalid; /* SIP users skipped at the last load */
 	_Atomic uint64_t rules_invalid; /* rows skipped at the last load */
 	_Atomic uint64_t loads;         /* full loads published */
 	_Atomic uint64_t load_failures; /* full loads that failed */
@@ -177,7 +209,9 @@ typedef struct shm {
 	void *head_arena[2];
 	size_t head_size; /* bytes each */
 	void *base_arena[2];
-	size_t base_size; /* bytes each */
+	size_t base_size;                 /* bytes each */
+	struct shm_nonce_sh *nonce;       /* nonce counts, all workers */
+	struct shm_failures_sh *failures; /* authentication failures by source */
 } shm_t;
 
 #define SHM_PROC_LOADER    0

@@ -20,6 +20,14 @@
  * account table is one copy. A deleted account's slot stays DELETED, as
  * tombstoned base entries still name it, until a compaction publishes a
  * base without them; only then is the slot FREE for another account.
+ *
+ * SIP users live in the head alone, so every head carries all of them,
+ * and the model keeps them the way a head does: a dense array of
+ * snap_user_sh_t (a delete moves the last user into the hole), the hash
+ * chains through it, sized to the users held, and one array of allowed
+ * source ranges. A head's user tables are then three copies, next to
+ * nothing when there are no users. Ranges a replaced or deleted user
+ * leaves behind are holes until publish() packs the array again.
  */
 #include <assert.h>
 #include <errno.h>
@@ -59,7 +67,15 @@ typedef struct mslot {
 	uint32_t mark;
 	uint32_t first_rule; /* NONE: no rules */
 	uint32_t next_free;  /* while FREE */
+	uint32_t first_user; /* NONE: no users */
 } mslot_t;
+
+/* What the model keeps about a user beside its head format, by the same index. */
+typedef struct muser {
+	uint32_t hash;                 /* snap_user_hash(), low bits: its bucket at any table size */
+	uint32_t mark;                 /* the mark it was last put under */
+	uint32_t acct_prev, acct_next; /* its account's users */
+} muser_t;
 
 /* id -> index: open addressing, linear probing, at most half full. */
 typedef struct id_slot {
@@ -94,7 +110,19 @@ struct snap_model {
 	uint32_t ntombs, cap_tombs;
 	uint32_t ov_rules, ov_entries; /* from the last collect_dirty() */
 
+	uint32_t cap_users;    /* what shm was sized for */
+	uint32_t range_cap;    /* allowed source ranges all users may carry */
+	snap_user_sh_t *users; /* [nusers], dense, as heads carry them */
+	muser_t *umeta;        /* [nusers] */
+	uint32_t nusers, alloc_users;
+	id_map_t user_ids;
+	uint32_t *ubuckets; /* [1 << ubucket_bits], chained through users[].next, as heads carry them */
+	uint32_t ubucket_bits;
+	tg_range_t *uranges; /* each user's ranges at its range_off; holes until ranges_pack() */
+	uint32_t range_used, range_live, alloc_ranges;
+
 	uint32_t mark;
+	int in_load; /* between mark_begin and the sweep */
 	int has_base, need_base;
 	unsigned base_arena;
 	uint64_t base_gen;
@@ -213,12 +241,21 @@ static int grow_array(void **arr, uint32_t n, uint32_t *cap, size_t elem)
 	return 0;
 }
 
-snap_model_t *snap_model_new(uint32_t cap_accounts, uint32_t cap_rules)
+snap_model_t *snap_model_new(uint32_t cap_accounts, uint32_t cap_rules, uint32_t cap_users)
 {
 	snap_model_t *m = calloc(1, sizeof(*m));
 
 	if (m == NULL)
 		return NULL;
+	m->ubucket_bits = SNAP_USER_BUCKET_BITS_MIN;
+	m->ubuckets = malloc(sizeof(uint32_t) << m->ubucket_bits);
+	if (m->ubuckets == NULL) {
+		free(m);
+		return NULL;
+	}
+	memset(m->ubuckets, 0xff, sizeof(uint32_t) << m->ubucket_bits); /* all NONE */
+	m->cap_users = cap_users;
+	m->range_cap = snap_user_range_cap(cap_users);
 	m->cap_accounts = cap_accounts;
 	m->cap_rules = cap_rules;
 	m->slot_cap = snap_account_slots(cap_accounts);
@@ -245,6 +282,11 @@ void snap_model_free(snap_model_t *m)
 	free(m->rule_ids.slots);
 	free(m->dirty);
 	free(m->tombs);
+	free(m->users);
+	free(m->umeta);
+	free(m->user_ids.slots);
+	free(m->ubuckets);
+	free(m->uranges);
 	free(m);
 }
 
@@ -301,6 +343,7 @@ static uint32_t slot_take(snap_model_t *m, const char **err)
 		s = m->nslots++;
 	}
 	m->slots[s].first_rule = NONE;
+	m->slots[s].first_user = NONE;
 	m->live_accounts++;
 	return s;
 }
@@ -345,6 +388,7 @@ int snap_model_account_put(snap_model_t *m, int64_t id, const char *name, int ac
 }
 
 static void rule_remove(snap_model_t *m, uint32_t i);
+static void user_remove(snap_model_t *m, uint32_t i);
 
 int snap_model_account_del(snap_model_t *m, int64_t id)
 {
@@ -356,6 +400,9 @@ int snap_model_account_del(snap_model_t *m, int64_t id)
 	}
 	while (m->slots[s].first_rule != NONE)
 		rule_remove(m, m->slots[s].first_rule);
+	/* The table cascades: sip_users.account_id is ON DELETE CASCADE. */
+	while (m->slots[s].first_user != NONE)
+		user_remove(m, m->slots[s].first_user);
 	id_map_del(&m->account_ids, id);
 	/* id and name stay, for whoever inspects a head; nothing matches it any more. */
 	m->accounts[s].state = SNAP_ACCOUNT_DELETED;
@@ -604,17 +651,465 @@ int snap_model_rule_put(snap_model_t *m, int64_t id, int64_t account_id, const t
 }
 
 /* ------------------------------------------------------------------ */
+/* SIP users                                                           */
+
+static uint32_t *user_bucket(const snap_model_t *m, uint32_t hash)
+{
+	return &m->ubuckets[hash & (((uint32_t)1 << m->ubucket_bits) - 1)];
+}
+
+/* The link that leads to user i: its bucket, or the user before it in the chain. */
+static uint32_t *user_chain_ref(const snap_model_t *m, uint32_t i)
+{
+	uint32_t *p = user_bucket(m, m->umeta[i].hash);
+
+	while (*p != i) {
+		assert(*p != NONE);
+		p = &m->users[*p].next;
+	}
+	return p;
+}
+
+static void user_chain_link(snap_model_t *m, uint32_t i)
+{
+	uint32_t *b = user_bucket(m, m->umeta[i].hash);
+
+	m->users[i].next = *b;
+	*b = i;
+}
+
+static void user_acct_link(snap_model_t *m, uint32_t i)
+{
+	muser_t *mu = &m->umeta[i];
+	mslot_t *slot = &m->slots[m->users[i].account];
+
+	mu->acct_prev = NONE;
+	mu->acct_next = slot->first_user;
+	if (mu->acct_next != NONE)
+		m->umeta[mu->acct_next].acct_prev = i;
+	slot->first_user = i;
+}
+
+static void user_acct_unlink(snap_model_t *m, uint32_t i)
+{
+	const muser_t *mu = &m->umeta[i];
+
+	if (mu->acct_prev != NONE)
+		m->umeta[mu->acct_prev].acct_next = mu->acct_next;
+	else
+		m->slots[m->users[i].account].first_user = mu->acct_next;
+	if (mu->acct_next != NONE)
+		m->umeta[mu->acct_next].acct_prev = mu->acct_prev;
+}
+
+/* Chains over 1 << bits fresh buckets. Returns 0, or -1 (out of memory) with the old table kept. */
+static int users_rehash(snap_model_t *m, uint32_t bits)
+{
+	uint32_t *b = malloc(sizeof(uint32_t) << bits);
+
+	if (b == NULL)
+		return -1;
+	memset(b, 0xff, sizeof(uint32_t) << bits); /* all NONE */
+	free(m->ubuckets);
+	m->ubuckets = b;
+	m->ubucket_bits = bits;
+	for (uint32_t i = m->nusers; i-- > 0;)
+		user_chain_link(m, i);
+	return 0;
+}
+
+/*
+ * Moves user from into the hole at to, which nothing links to any more:
+ * whatever led to from (its chain, its account's list, its id) now
+ * leads to to.
+ */
+static void user_move(snap_model_t *m, uint32_t from, uint32_t to)
+{
+	const muser_t *mu = &m->umeta[from];
+
+	*user_chain_ref(m, from) = to;
+	if (mu->acct_prev != NONE)
+		m->umeta[mu->acct_prev].acct_next = to;
+	else
+		m->slots[m->users[from].account].first_user = to;
+	if (mu->acct_next != NONE)
+		m->umeta[mu->acct_next].acct_prev = to;
+	id_map_slot(&m->user_ids, m->users[from].id)->idx1 = to + 1;
+	memcpy(&m->users[to], &m->users[from], sizeof(m->users[to]));
+	m->umeta[to] = *mu;
+}
+
+static void user_remove(snap_model_t *m, uint32_t i)
+{
+	uint32_t last = m->nusers - 1, fit;
+
+	*user_chain_ref(m, i) = m->users[i].next;
+	user_acct_unlink(m, i);
+	id_map_del(&m->user_ids, m->users[i].id);
+	m->range_live -= m->users[i].nranges; /* its block is a hole now */
+	if (i != last)
+		user_move(m, last, i);
+	m->nusers--;
+	/* A table far too big for what is left costs every head its copy. Failing to shrink harms nothing. */
+	fit = snap_user_bucket_bits(m->nusers);
+	if (m->ubucket_bits > fit + 2)
+		(void)users_rehash(m, fit);
+}
+
+int snap_model_user_del(snap_model_t *m, int64_t id)
+{
+	int64_t i = id_map_get(&m->user_ids, id);
+
+	if (i < 0) {
+		errno = ENOENT;
+		return -1;
+	}
+	user_remove(m, (uint32_t)i);
+	return 0;
+}
+
+/*
+ * Copies every user's ranges, in user order, into a fresh array of want
+ * entries, which leaves no holes. Returns 0, or -1 (out of memory) with
+ * nothing changed.
+ */
+static int ranges_pack(snap_model_t *m, uint32_t want)
+{
+	tg_range_t *r = malloc((size_t)(want ? want : 1) * sizeof(*r));
+	uint32_t n = 0;
+
+	if (r == NULL)
+		return -1;
+	for (uint32_t i = 0; i < m->nusers; i++) {
+		snap_user_sh_t *u = &m->users[i];
+
+		if (u->nranges > 0)
+			memcpy(r + n, m->uranges + u->range_off, u->nranges * sizeof(*r));
+		u->range_off = u->nranges > 0 ? n : 0;
+		n += u->nranges;
+	}
+	assert(n == m->range_live && n <= want);
+	free(m->uranges);
+	m->uranges = r;
+	m->alloc_ranges = want;
+	m->range_used = n;
+	return 0;
+}
+
+/* Field by field over zeroes: the padding of a caller's range never reaches a head. */
+static void range_store(tg_range_t *dst, const tg_range_t *src)
+{
+	memset(dst, 0, sizeof(*dst));
+	dst->first = src->first;
+	dst->last = src->last;
+	dst->family = src->family;
+}
+
+static int is_set(const char *s)
+{
+	return s != NULL && s[0] != '\0';
+}
+
+/* src as lowercase hex of ndigits, or "" when unset. Returns 0 or -1. */
+static int ha1_copy(char *dst, const char *src, size_t ndigits)
+{
+	if (!is_set(src))
+		return 0;
+	if (strlen(src) != ndigits)
+		return -1;
+	for (size_t k = 0; k < ndigits; k++) {
+		unsigned char c = snap_lower_ascii((unsigned char)src[k]);
+
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+			return -1;
+		dst[k] = (char)c;
+	}
+	return 0;
+}
+
+/* The schema's rule, which also keeps "alice@example.com" from meaning two users. */
+static int username_ok(const char *s, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		unsigned char c = (unsigned char)s[k];
+
+		if (c < 0x20 || c == 0x7f || c == ':' || c == '@')
+			return 0;
+	}
+	return 1;
+}
+
+static const char *user_ranges_check(const snap_user_info_t *in)
+{
+	const char *err;
+
+	if (in->nranges > SNAP_USER_RANGES)
+		return "too many ranges";
+	if (in->nranges > 0 && in->ranges == NULL)
+		return "no ranges given";
+	for (unsigned k = 0; k < in->nranges; k++)
+		if ((err = range_check(&in->ranges[k])) != NULL)
+			return err;
+	return NULL;
+}
+
+static const char *user_ha1s(snap_user_sh_t *u, const snap_user_info_t *in)
+{
+	if (ha1_copy(u->ha1_md5, in->ha1_md5, 32) < 0)
+		return "bad HA1: ha1_md5 is not 32 hex digits";
+	if (ha1_copy(u->ha1_sha256, in->ha1_sha256, 64) < 0)
+		return "bad HA1: ha1_sha256 is not 64 hex digits";
+	/* "username@" and any domain is no string a client could hash. */
+	if (u->domain[0] == '\0' && (is_set(in->ha1_md5_full) || is_set(in->ha1_sha256_full)))
+		return "bad HA1: a full-URI HA1 needs a domain";
+	if (ha1_copy(u->ha1_md5_full, in->ha1_md5_full, 32) < 0)
+		return "bad HA1: ha1_md5_full is not 32 hex digits";
+	if (ha1_copy(u->ha1_sha256_full, in->ha1_sha256_full, 64) < 0)
+		return "bad HA1: ha1_sha256_full is not 64 hex digits";
+	return NULL;
+}
+
+/* A user as put, checked and in the head's format (range_off and next aside), before it touches the model. */
+static const char *user_in_make(const snap_model_t *m, const snap_user_info_t *in, snap_user_sh_t *u)
+{
+	const char *domain = in->domain ? in->domain : "";
+	size_t ulen = in->username ? strlen(in->username) : 0, dlen = strlen(domain);
+	int64_t slot = id_map_get(&m->account_ids, in->account_id);
+	const char *err;
+
+	if (slot < 0)
+		return "unknown account";
+	if (ulen == 0)
+		return "username empty";
+	if (ulen > SNAP_USER_MAX)
+		return "username too long";
+	if (!username_ok(in->username, ulen))
+		return "bad character in username";
+	if (dlen > SNAP_DOMAIN_MAX)
+		return "domain too long";
+	if ((err = user_ranges_check(in)) != NULL)
+		return err;
+	/* Zeroed padding and string tails: a head's bytes stay a function of its content. */
+	memset(u, 0, sizeof(*u));
+	u->id = in->id;
+	u->account = (uint32_t)slot;
+	u->next = NONE;
+	u->active = in->active ? 1 : 0;
+	u->restrict_sources = in->restrict_sources ? 1 : 0;
+	u->nranges = (uint16_t)in->nranges;
+	memcpy(u->username, in->username, ulen);
+	for (size_t k = 0; k < dlen; k++)
+		u->domain[k] = (char)snap_lower_ascii((unsigned char)domain[k]);
+	return user_ha1s(u, in);
+}
+
+/* The user holding u's username and domain, or NONE. */
+static uint32_t user_by_name(const snap_model_t *m, uint32_t hash, const snap_user_sh_t *u)
+{
+	for (uint32_t i = *user_bucket(m, hash); i != NONE; i = m->users[i].next)
+		if (m->umeta[i].hash == hash && strcmp(m->users[i].username, u->username) == 0 &&
+		    strcmp(m->users[i].domain, u->domain) == 0)
+			return i;
+	return NONE;
+}
+
+/* A put that changes nothing dirties nothing, as for rules. */
+static int user_same(const snap_model_t *m, const snap_user_sh_t *have, const snap_user_sh_t *u,
+                     const tg_range_t *ranges)
+{
+	snap_user_sh_t a;
+
+	memcpy(&a, u, sizeof(a));
+	a.next = have->next;
+	a.range_off = have->range_off;
+	if (memcmp(&a, have, sizeof(a)) != 0)
+		return 0;
+	for (unsigned k = 0; k < u->nranges; k++)
+		if (!range_same(&m->uranges[have->range_off + k], &ranges[k]))
+			return 0;
+	return 1;
+}
+
+/* The counts after a put that replaces have (or not) and evicts evict (or not). NULL: within capacity. */
+static const char *user_room(const snap_model_t *m, int64_t have, uint32_t evict, const snap_user_sh_t *u)
+{
+	uint64_t n = (uint64_t)m->nusers + (have < 0) - (evict != NONE);
+	uint64_t r = (uint64_t)m->range_live + u->nranges;
+
+	r -= have >= 0 ? m->users[have].nranges : 0;
+	r -= evict != NONE ? m->users[evict].nranges : 0;
+	if (have < 0 && n > m->cap_users)
+		return "no room for another user";
+	if (r > m->range_cap)
+		return "too many allowed source ranges in total";
+	return NULL;
+}
+
+static int users_grow(snap_model_t *m)
+{
+	if (m->nusers < m->alloc_users)
+		return 0;
+
+	uint32_t want = m->alloc_users ? m->alloc_users * 2 : 64;
+	snap_user_sh_t *u = realloc(m->users, (size_t)want * sizeof(*u));
+
+	if (u == NULL)
+		return -1;
+	m->users = u;
+
+	muser_t *mu = realloc(m->umeta, (size_t)want * sizeof(*mu));
+
+	if (mu == NULL)
+		return -1;
+	m->umeta = mu;
+	m->alloc_users = want;
+	return 0;
+}
+
+/*
+ * Everything a put may need, before it changes anything: a slot in the
+ * arrays and the id map for a new user, buckets for n_after users, room
+ * for append ranges at the end of the range array. Returns 0 or -1.
+ */
+static int user_reserve(snap_model_t *m, int fresh, uint32_t n_after, uint32_t append)
+{
+	if (fresh && (users_grow(m) < 0 || id_map_reserve(&m->user_ids) < 0))
+		return -1;
+	if ((uint64_t)n_after * 2 > (uint64_t)1 << m->ubucket_bits &&
+	    users_rehash(m, snap_user_bucket_bits(n_after)) < 0)
+		return -1;
+	if (append > 0 && m->range_used + append > m->alloc_ranges) {
+		uint32_t want = 2 * (m->range_live + append); /* range_cap keeps this far from wrapping */
+
+		return ranges_pack(m, want > 256 ? want : 256);
+	}
+	return 0;
+}
+
+/* Writes u over user i (live or the fresh end of the array), reserved for. */
+static void user_store(snap_model_t *m, uint32_t i, snap_user_sh_t *u, uint32_t hash,
+                       const tg_range_t *ranges, int fresh)
+{
+	snap_user_sh_t *cur = &m->users[i];
+	uint32_t old_n = fresh ? 0 : cur->nranges, off;
+
+	if (!fresh) {
+		*user_chain_ref(m, i) = cur->next;
+		user_acct_unlink(m, i);
+	}
+	/* Ranges that fit where the old ones were stay there; more go at the end, leaving a hole. */
+	if (u->nranges == 0) {
+		off = 0;
+	} else if (u->nranges <= old_n) {
+		off = cur->range_off;
+	} else {
+		off = m->range_used;
+		m->range_used += u->nranges;
+	}
+	for (unsigned k = 0; k < u->nranges; k++)
+		range_store(&m->uranges[off + k], &ranges[k]);
+	m->range_live = m->range_live - old_n + u->nranges;
+	u->range_off = off;
+	memcpy(cur, u, sizeof(*cur));
+	m->umeta[i].hash = hash;
+	m->umeta[i].mark = m->mark;
+	user_chain_link(m, i);
+	user_acct_link(m, i);
+}
+
+/*
+ * The name's holder under another id is refused, but for a full load's
+ * stale row: see snapshot.h. Checks, then reserves, then evicts and
+ * stores: a refused put leaves the model as it was.
+ */
+int snap_model_user_put(snap_model_t *m, const snap_user_info_t *in, const char **err)
+{
+	const char *dummy;
+	snap_user_sh_t u;
+	uint32_t hash, holder, evict = NONE, old_n;
+	int64_t have;
+
+	if (err == NULL)
+		err = &dummy;
+	if ((*err = user_in_make(m, in, &u)) != NULL)
+		return -1;
+	hash = (uint32_t)snap_user_hash(u.username, strlen(u.username), u.domain, strlen(u.domain));
+	have = id_map_get(&m->user_ids, u.id);
+	holder = user_by_name(m, hash, &u);
+	if (holder != NONE && (int64_t)holder != have) {
+		if (!m->in_load || m->umeta[holder].mark == m->mark) {
+			*err = "another user already has this username and domain";
+			return -1;
+		}
+		evict = holder;
+	}
+	if (have >= 0 && evict == NONE && user_same(m, &m->users[have], &u, in->ranges)) {
+		m->umeta[have].mark = m->mark;
+		return 0;
+	}
+	if ((*err = user_room(m, have, evict, &u)) != NULL)
+		return -1;
+	old_n = have >= 0 ? m->users[have].nranges : 0;
+	if (user_reserve(m, have<0, m->nusers + (have < 0) - (evict != NONE), u.nranges> old_n ? u.nranges
+	                                                                                       : 0) < 0) {
+		*err = "out of memory";
+		return -1;
+	}
+	if (evict != NONE) {
+		user_remove(m, evict);
+		have = id_map_get(&m->user_ids, u.id); /* the last user may have moved into the hole */
+	}
+	if (have >= 0) {
+		user_store(m, (uint32_t)have, &u, hash, in->ranges, 0);
+		return 0;
+	}
+	id_map_put(&m->user_ids, u.id, m->nusers);
+	user_store(m, m->nusers++, &u, hash, in->ranges, 1);
+	return 0;
+}
+
+uint32_t snap_model_nusers(const snap_model_t *m)
+{
+	return m->nusers;
+}
+
+int snap_model_foreach_user(const snap_model_t *m, snap_user_fn fn, void *arg)
+{
+	for (uint32_t i = 0; i < m->nusers; i++) {
+		const snap_user_sh_t *u = &m->users[i];
+		snap_user_info_t info = {u->id,
+		                         m->accounts[u->account].id,
+		                         u->username,
+		                         u->domain,
+		                         u->active,
+		                         u->restrict_sources,
+		                         u->ha1_md5,
+		                         u->ha1_sha256,
+		                         u->ha1_md5_full,
+		                         u->ha1_sha256_full,
+		                         u->nranges > 0 ? &m->uranges[u->range_off] : NULL,
+		                         u->nranges};
+		int rc = fn(arg, &info);
+
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* full loads and iteration                                            */
 
 void snap_model_mark_begin(snap_model_t *m)
 {
 	if (++m->mark == 0)
 		m->mark = 1;
+	m->in_load = 1;
 }
 
 uint32_t snap_model_sweep(snap_model_t *m)
 {
-	uint32_t before = m->live_accounts + m->live_rules;
+	uint32_t before = m->live_accounts + m->live_rules + m->nusers;
 
 	for (uint32_t s = 0; s < m->nslots; s++)
 		if (m->accounts[s].state == SNAP_ACCOUNT_LIVE && m->slots[s].mark != m->mark)
@@ -622,8 +1117,13 @@ uint32_t snap_model_sweep(snap_model_t *m)
 	for (uint32_t i = 0; i < m->nused; i++)
 		if ((m->rules[i].flags & R_LIVE) && m->rules[i].mark != m->mark)
 			rule_remove(m, i);
+	/* Downwards: a removal moves the last user, already seen, into the hole. */
+	for (uint32_t i = m->nusers; i-- > 0;)
+		if (m->umeta[i].mark != m->mark)
+			user_remove(m, i);
+	m->in_load = 0;
 	m->need_base = 1;
-	return before - (m->live_accounts + m->live_rules);
+	return before - (m->live_accounts + m->live_rules + m->nusers);
 }
 
 int snap_model_foreach_account(const snap_model_t *m, snap_account_fn fn, void *arg)
@@ -752,7 +1252,39 @@ static int id_cmp(const void *pa, const void *pb)
 	return a < b ? -1 : a > b;
 }
 
-/* Account slots and (with_overlay) the sorted tombstones, from off. Returns the end, or 0 (ENOSPC). */
+_Static_assert(sizeof(snap_user_sh_t) % 8 == 0 && sizeof(tg_range_t) % 8 == 0 &&
+                       (sizeof(uint32_t) << SNAP_USER_BUCKET_BITS_MIN) % 8 == 0,
+               "user tables end 8-aligned: no padding between them to zero");
+
+/* The users, their buckets and their ranges, from off: three copies. Returns the end, or 0 (ENOSPC). */
+static size_t head_users(const snap_model_t *m, unsigned char *arena, size_t size, snap_head_sh_t *h,
+                         size_t off)
+{
+	size_t users = (size_t)m->nusers * sizeof(snap_user_sh_t);
+	size_t buckets = sizeof(uint32_t) << m->ubucket_bits;
+	size_t ranges = (size_t)m->range_used * sizeof(tg_range_t);
+
+	assert(m->range_used == m->range_live); /* publish() packed them */
+	h->off_users = off;
+	h->off_user_buckets = h->off_users + users;
+	h->off_user_ranges = h->off_user_buckets + buckets;
+	if (h->off_user_ranges + ranges > size) {
+		errno = ENOSPC;
+		return 0;
+	}
+	if (users > 0)
+		memcpy(arena + h->off_users, m->users, users);
+	memcpy(arena + h->off_user_buckets, m->ubuckets, buckets);
+	if (ranges > 0)
+		memcpy(arena + h->off_user_ranges, m->uranges, ranges);
+	h->nusers = m->nusers;
+	h->user_bucket_bits = m->ubucket_bits;
+	h->nuser_ranges = m->range_used;
+	return h->off_user_ranges + ranges;
+}
+
+/* Account slots, (with_overlay) the sorted tombstones, and the users, from off. Returns the end, or 0
+ * (ENOSPC). */
 static size_t head_tables(snap_model_t *m, unsigned char *arena, size_t size, snap_head_sh_t *h,
                           int with_overlay)
 {
@@ -773,7 +1305,7 @@ static size_t head_tables(snap_model_t *m, unsigned char *arena, size_t size, sn
 		qsort(m->tombs, m->ntombs, sizeof(int64_t), id_cmp);
 		memcpy(arena + h->off_tombs, m->tombs, tombs);
 	}
-	return h->off_tombs + SNAP_ALIGN8(tombs);
+	return head_users(m, arena, size, h, h->off_tombs + SNAP_ALIGN8(tombs));
 }
 
 /* The entries of every dirty rule, from off. Returns how many, or -1 (ENOSPC). */
@@ -978,8 +1510,15 @@ static int publish(snap_model_t *m, shm_t *shm, uint64_t built_ms, int force, sn
 	const char *why;
 	int rc;
 
-	if (m->live_accounts > m->cap_accounts || m->live_rules > m->cap_rules) {
+	/* Puts refuse users past their capacity; the check stands guard over the head arena all the same. */
+	if (m->live_accounts > m->cap_accounts || m->live_rules > m->cap_rules || m->nusers > m->cap_users ||
+	    m->range_live > m->range_cap) {
 		errno = ENOSPC;
+		return -1;
+	}
+	/* Holes out before any head copies the ranges; the same allocation as now. */
+	if (m->range_used != m->range_live && ranges_pack(m, m->alloc_ranges) < 0) {
+		errno = ENOMEM;
 		return -1;
 	}
 	memset(&st, 0, sizeof(st));

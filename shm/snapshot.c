@@ -1,7 +1,8 @@
 /*
  * The provisioning snapshot's shared-memory side: the interval index
  * (built for a base or an overlay), the two-level lookup workers run per
- * request, the checksum, and the arena protocol described in snapshot.h.
+ * request, the SIP user lookup, the checksum, and the arena protocol
+ * described in snapshot.h.
  * What goes into a base or a head, and when, is decided by the loader's
  * model in snapmodel.c. This file never logs, never allocates on the
  * lookup path, and writes only the region it is handed.
@@ -40,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/siphash.h"
 #include "shm/snapshot.h"
 #include "shm/snapshot_int.h"
 
@@ -600,13 +602,38 @@ uint32_t snap_account_slots(uint32_t accounts)
 	return accounts > UINT32_MAX / 2 ? UINT32_MAX : accounts * 2;
 }
 
-size_t snap_head_size_bound(uint32_t accounts, uint32_t rules)
+uint32_t snap_user_bucket_bits(uint32_t users)
+{
+	uint32_t bits = SNAP_USER_BUCKET_BITS_MIN;
+
+	/* 31 bits: 2^31 buckets, for a billion users, more than any config allows. */
+	while (bits < 31 && ((uint64_t)1 << bits) < (uint64_t)users * 2)
+		bits++;
+	return bits;
+}
+
+uint32_t snap_user_range_cap(uint32_t users)
+{
+	uint64_t n = SNAP_USER_RANGES_TOTAL(users);
+
+	return n > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)n;
+}
+
+/* The users, their buckets, and all their ranges. */
+static size_t users_size_bound(uint32_t users)
+{
+	return SNAP_ALIGN8((size_t)users * sizeof(snap_user_sh_t)) +
+	       SNAP_ALIGN8(((size_t)1 << snap_user_bucket_bits(users)) * sizeof(uint32_t)) +
+	       SNAP_ALIGN8((size_t)snap_user_range_cap(users) * sizeof(tg_range_t));
+}
+
+size_t snap_head_size_bound(uint32_t accounts, uint32_t rules, uint32_t users)
 {
 	size_t ov = snap_overlay_cap(rules);
 
 	return SNAP_ALIGN8(sizeof(snap_head_sh_t)) +
 	       SNAP_ALIGN8((size_t)snap_account_slots(accounts) * sizeof(snap_account_sh_t)) +
-	       SNAP_ALIGN8(ov * sizeof(int64_t)) + index_size_bound(ov);
+	       SNAP_ALIGN8(ov * sizeof(int64_t)) + users_size_bound(users) + index_size_bound(ov);
 }
 
 /* ------------------------------------------------------------------ */
@@ -747,6 +774,105 @@ int snap_lookup(const snap_view_t *v, const tg_ip_t *ip, uint16_t port, const ch
 		m->account = a;
 	}
 	return a->active ? SNAP_MATCH : SNAP_ACCOUNT_INACTIVE;
+}
+
+/* ------------------------------------------------------------------ */
+/* SIP users                                                           */
+
+/*
+ * A fixed key: the model and every worker must put a name in the same
+ * bucket, in every head, with nothing more to share. The names are the
+ * operator's rows; a client only picks which chain a lookup walks, and
+ * chains stay short as there are twice as many buckets as users. Someone
+ * who may create many users could still pile them into one bucket, at the
+ * cost of a string compare each to the lookups that land there.
+ */
+static const uint8_t user_hash_key[16] = {0x74, 0x67, 0x5f, 0x75, 0x73, 0x65, 0x72, 0x73,
+                                          0x9e, 0x37, 0x79, 0xb9, 0x7f, 0x4a, 0x7c, 0x15};
+
+uint64_t snap_user_hash(const char *username, size_t ulen, const char *domain, size_t dlen)
+{
+	unsigned char key[SNAP_USER_MAX + 1 + SNAP_DOMAIN_MAX];
+
+	assert(ulen <= SNAP_USER_MAX && dlen <= SNAP_DOMAIN_MAX);
+	memcpy(key, username, ulen);
+	key[ulen] = '\0';
+	for (size_t k = 0; k < dlen; k++)
+		key[ulen + 1 + k] = snap_lower_ascii((unsigned char)domain[k]);
+	return tg_siphash(user_hash_key, key, ulen + 1 + dlen);
+}
+
+static const snap_user_sh_t *head_users(const snap_head_sh_t *h)
+{
+	return (const snap_user_sh_t *)((const unsigned char *)h + h->off_users);
+}
+
+/* Lengths first: a client's name with a NUL inside must not match the name before the NUL. */
+static int user_is(const snap_user_sh_t *u, const char *username, size_t ulen, const char *domain,
+                   size_t dlen)
+{
+	if (strnlen(u->username, sizeof(u->username)) != ulen || memcmp(u->username, username, ulen) != 0)
+		return 0;
+	if (strnlen(u->domain, sizeof(u->domain)) != dlen)
+		return 0;
+	for (size_t k = 0; k < dlen; k++)
+		if ((unsigned char)u->domain[k] != snap_lower_ascii((unsigned char)domain[k]))
+			return 0;
+	return 1;
+}
+
+static const snap_user_sh_t *user_chain_find(const snap_head_sh_t *h, const char *username, size_t ulen,
+                                             const char *domain, size_t dlen)
+{
+	const snap_user_sh_t *users = head_users(h);
+	const uint32_t *bk = (const uint32_t *)((const unsigned char *)h + h->off_user_buckets);
+	uint64_t mask = ((uint64_t)1 << h->user_bucket_bits) - 1;
+	uint32_t i = bk[snap_user_hash(username, ulen, domain, dlen) & mask];
+
+	for (; i != UINT32_MAX; i = users[i].next) {
+		assert(i < h->nusers);
+		if (user_is(&users[i], username, ulen, domain, dlen))
+			return &users[i];
+	}
+	return NULL;
+}
+
+const snap_user_sh_t *snap_user_find(const snap_view_t *v, const char *username, size_t ulen,
+                                     const char *domain, size_t dlen)
+{
+	const snap_head_sh_t *h = v->head;
+	const snap_user_sh_t *u;
+
+	/* Too long to be stored is simply not found: the client chose the length. */
+	if (h == NULL || h->nusers == 0 || username == NULL || ulen == 0 || ulen > SNAP_USER_MAX)
+		return NULL;
+	if (domain != NULL && dlen > 0 && dlen <= SNAP_DOMAIN_MAX &&
+	    (u = user_chain_find(h, username, ulen, domain, dlen)) != NULL)
+		return u;
+	return user_chain_find(h, username, ulen, "", 0);
+}
+
+int snap_user_source_allowed(const snap_view_t *v, const snap_user_sh_t *u, const tg_ip_t *ip)
+{
+	const snap_head_sh_t *h = v->head;
+	const tg_range_t *r = (const tg_range_t *)((const unsigned char *)h + h->off_user_ranges);
+
+	if (!u->restrict_sources)
+		return 1;
+	assert(u->nranges == 0 || (uint64_t)u->range_off + u->nranges <= h->nuser_ranges);
+	for (uint32_t k = 0; k < u->nranges; k++)
+		if (tg_range_contains(&r[u->range_off + k], ip))
+			return 1;
+	return 0;
+}
+
+const snap_account_sh_t *snap_user_account(const snap_view_t *v, const snap_user_sh_t *u)
+{
+	const snap_account_sh_t *a = &snap_accounts(v->head)[u->account];
+
+	/* A user names a live account: the model drops an account's users with it. */
+	assert(u->account < v->head->naccounts && a->state == SNAP_ACCOUNT_LIVE);
+	return a;
 }
 
 /* ------------------------------------------------------------------ */

@@ -111,6 +111,27 @@ typedef struct snap_base_sh {
 	snap_index_sh_t index;
 } snap_base_sh_t;
 
+/*
+ * SIP digest users (tollgate.sip_users) live in the head, like accounts:
+ * every publish writes them all, so a user change is a head-only publish
+ * and a head costs about sizeof(snap_user_sh_t) more per live user (see
+ * docs/design.md for what that costs at 100,000 users). A chained hash
+ * table over (username, domain) finds one; allowed source ranges live in
+ * one array all users share.
+ */
+#define SNAP_USER_MAX    64  /* bytes of a username (the schema allows 1..64) */
+#define SNAP_DOMAIN_MAX  253 /* bytes of a domain (a DNS name) */
+#define SNAP_USER_RANGES 32  /* allowed source ranges one user may carry */
+/*
+ * Allowed source ranges all users carry together, for a capacity of
+ * users: a head is sized for this many, not SNAP_USER_RANGES a user
+ * (1,280 bytes a user, nearly all of them never used), and a put that
+ * would take the model's total past it is refused ("too many allowed
+ * source ranges in total"). Ranges of users that do not restrict sources
+ * count too: they are kept as given.
+ */
+#define SNAP_USER_RANGES_TOTAL(users) (4 * (uint64_t)(users) + 1024)
+
 typedef struct snap_head_sh {
 	uint64_t magic;           /* SNAP_HEAD_MAGIC */
 	uint64_t checksum;        /* snap_region_hash() of bytes [16, size) */
@@ -126,6 +147,11 @@ typedef struct snap_head_sh {
 	uint32_t overlay_rules;   /* distinct rules in the overlay */
 	uint64_t off_accounts, off_tombs;
 	snap_index_sh_t overlay;
+	uint32_t nusers;           /* users written, all live */
+	uint32_t user_bucket_bits; /* buckets = 1 << user_bucket_bits */
+	uint32_t nuser_ranges;     /* allowed source ranges, all users' */
+	uint32_t pad2;
+	uint64_t off_users, off_user_buckets, off_user_ranges;
 } snap_head_sh_t;
 
 enum snap_account_state {
@@ -154,6 +180,23 @@ typedef struct snap_rule_sh {
 	uint8_t prefix_len;                /* strlen(tech_prefix) */
 	char tech_prefix[SNAP_PREFIX_MAX]; /* NUL-terminated, "" = none */
 } snap_rule_sh_t;
+
+/* A SIP user. HA1 values are lowercase hex, "" when not set. */
+typedef struct snap_user_sh {
+	int64_t id;               /* tollgate.sip_users.id */
+	uint32_t account;         /* account slot in the head */
+	uint32_t next;            /* next user in the same hash bucket, UINT32_MAX = none */
+	uint8_t active;           /* 0/1: the user's own status (its account's is in the account) */
+	uint8_t restrict_sources; /* 0/1: only ranges[range_off, +nranges) may use it (none when 0 ranges) */
+	uint16_t nranges;
+	uint32_t range_off; /* first range in the head's user range array */
+	char username[SNAP_USER_MAX + 1];
+	char domain[SNAP_DOMAIN_MAX + 1]; /* lower case; "" = any domain */
+	char ha1_md5[33];                 /* H(username:realm:password) */
+	char ha1_sha256[65];
+	char ha1_md5_full[33];    /* H(username@domain:realm:password), for clients that send the */
+	char ha1_sha256_full[65]; /* full-URI form as their username; "" when the domain is "" */
+} snap_user_sh_t;
 
 typedef struct snap_ival_sh {
 	tg_ip_t start;     /* covers [start, next interval's start - 1] */
@@ -188,7 +231,22 @@ typedef struct snap_match {
 int snap_lookup(const snap_view_t *v, const tg_ip_t *ip, uint16_t port, const char *user, size_t user_len,
                 unsigned dir, snap_match_t *m);
 const snap_account_sh_t *snap_accounts(const snap_head_sh_t *h); /* [h->naccounts], by slot */
-const int64_t *snap_tombstones(const snap_head_sh_t *h);         /* [h->ntombs], ascending */
+
+/*
+ * A SIP user by name: the user with this username and domain when there
+ * is one, else the one with this username and no domain (any domain);
+ * NULL when neither exists. username is compared exactly; domain
+ * case-insensitively (domain may be NULL or "" when the client named
+ * none: only an any-domain user matches then). Inactive users are found
+ * too (the caller refuses them, with the reason).
+ */
+const snap_user_sh_t *snap_user_find(const snap_view_t *v, const char *username, size_t ulen,
+                                     const char *domain, size_t dlen);
+/* 1 when ip may use u: u does not restrict sources, or one of its ranges covers ip. */
+int snap_user_source_allowed(const snap_view_t *v, const snap_user_sh_t *u, const tg_ip_t *ip);
+/* The account of u (a live slot of the same head). */
+const snap_account_sh_t *snap_user_account(const snap_view_t *v, const snap_user_sh_t *u);
+const int64_t *snap_tombstones(const snap_head_sh_t *h); /* [h->ntombs], ascending */
 const snap_rule_sh_t *snap_index_entries(const void *region, const snap_index_sh_t *ix);
 /* Recompute a region's checksum; compare with its checksum field. */
 uint64_t snap_head_checksum(const snap_head_sh_t *h);
@@ -200,7 +258,7 @@ void snap_release(shm_proc_sh_t *slot, snap_view_t *v);
 
 /* Sizing, for shm.c: bytes one arena needs for this capacity. */
 size_t snap_base_size_bound(uint32_t rules);
-size_t snap_head_size_bound(uint32_t accounts, uint32_t rules);
+size_t snap_head_size_bound(uint32_t accounts, uint32_t rules, uint32_t users);
 /* Overlay entries (and tombstones) a head holds: max(SNAP_OVERLAY_MIN, rules / 64). */
 uint32_t snap_overlay_cap(uint32_t rules);
 /* Account slots a head holds: twice the accounts, so deletes can wait for a compaction. */
@@ -250,8 +308,11 @@ typedef struct snap_publish_stats {
 	uint32_t overlay_rules, overlay_entries, tombstones;
 } snap_publish_stats_t;
 
-/* cap_*: the capacity shm was sized for (tg_config_t cap_accounts, cap_ip_rules). NULL: out of memory. */
-snap_model_t *snap_model_new(uint32_t cap_accounts, uint32_t cap_rules);
+/*
+ * cap_*: the capacity shm was sized for (tg_config_t cap_accounts,
+ * cap_ip_rules, cap_sip_users). NULL: out of memory.
+ */
+snap_model_t *snap_model_new(uint32_t cap_accounts, uint32_t cap_rules, uint32_t cap_users);
 void snap_model_free(snap_model_t *m);
 uint32_t snap_model_naccounts(const snap_model_t *m);
 uint32_t snap_model_nrules(const snap_model_t *m);
@@ -279,11 +340,45 @@ int snap_model_rule_del(snap_model_t *m, int64_t id);
 
 /*
  * A full load: mark_begin, put every row, sweep. The sweep deletes the
- * accounts and rules not put since mark_begin (returns how many rows) and
- * makes the next publish a compaction.
+ * accounts, rules and users not put since mark_begin (returns how many
+ * rows, those deleted with their account included) and makes the next
+ * publish a compaction.
  */
 void snap_model_mark_begin(snap_model_t *m);
 uint32_t snap_model_sweep(snap_model_t *m);
+
+/*
+ * SIP users. Insert or replace; domain NULL or "" = any domain (stored
+ * lower case). ha1_md5 / ha1_sha256: lowercase or uppercase hex of 32 /
+ * 64 digits, or NULL / "" when not set. ranges: the allowed sources,
+ * 0..SNAP_USER_RANGES. Returns 0, or -1 with a static reason in *err:
+ * unknown account, username empty or too long, domain too long, bad HA1,
+ * too many ranges, bad range, another user already has this username and
+ * domain, no room (more users than the capacity), too many allowed
+ * source ranges in total (see SNAP_USER_RANGES_TOTAL), out of memory.
+ * One exception to "another user already has": during a full load (from
+ * mark_begin to the sweep) a holder not put since mark_begin is stale,
+ * as the table allows one row a name, and is deleted in favour of the
+ * new one, so a user deleted and created again between loads survives
+ * the load. A put identical to the user held changes nothing.
+ * The info handed to snap_model_foreach_user() points into the model and
+ * is valid during the call only; "" (never NULL) for unset strings.
+ */
+typedef struct snap_user_info {
+	int64_t id, account_id;
+	const char *username, *domain;
+	int active, restrict_sources;
+	const char *ha1_md5, *ha1_sha256;
+	const char *ha1_md5_full, *ha1_sha256_full; /* over "username@domain"; NULL / "" when not set */
+	const tg_range_t *ranges;
+	unsigned nranges;
+} snap_user_info_t;
+int snap_model_user_put(snap_model_t *m, const snap_user_info_t *u, const char **err);
+/* Returns 0, or -1 with errno ENOENT. Deleting an account deletes its users. */
+int snap_model_user_del(snap_model_t *m, int64_t id);
+uint32_t snap_model_nusers(const snap_model_t *m);
+typedef int (*snap_user_fn)(void *arg, const snap_user_info_t *u);
+int snap_model_foreach_user(const snap_model_t *m, snap_user_fn fn, void *arg);
 
 /* fn for every live account (by slot) or rule; a nonzero return stops the walk and is returned. */
 typedef int (*snap_account_fn)(void *arg, const snap_account_info_t *a);

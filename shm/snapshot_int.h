@@ -25,6 +25,25 @@ uint64_t snap_region_hash(const void *region, size_t size);
  */
 size_t snap_index_build(unsigned char *region, size_t region_size, snap_index_sh_t *ix, int truncate);
 
+/* ASCII only: domains are DNS names, and a locale must not change which bucket a name is in. */
+static inline unsigned char snap_lower_ascii(unsigned char c)
+{
+	return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
+}
+
+/*
+ * SIP users. The hash a user sits under: SipHash of the username, a NUL
+ * and the domain folded to lower case (ASCII), so a model and every reader
+ * agree on it without carrying a key around. ulen <= SNAP_USER_MAX,
+ * dlen <= SNAP_DOMAIN_MAX.
+ */
+uint64_t snap_user_hash(const char *username, size_t ulen, const char *domain, size_t dlen);
+/* Hash buckets for n users: the smallest power of two >= 2n, at least SNAP_USER_BUCKET_BITS_MIN bits. */
+#define SNAP_USER_BUCKET_BITS_MIN 4
+uint32_t snap_user_bucket_bits(uint32_t users);
+/* SNAP_USER_RANGES_TOTAL(users), kept within what a uint32_t range offset can address. */
+uint32_t snap_user_range_cap(uint32_t users);
+
 /* May the next head be written: no slot holds current - 1? */
 int snap_head_arena_free(shm_t *shm);
 /* May base arena b be rewritten: no slot holds a generation up to its last head? */

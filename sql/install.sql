@@ -14,7 +14,7 @@
 
 \set ON_ERROR_STOP 1
 \set QUIET on
-\set latest_version 2
+\set latest_version 3
 
 BEGIN;
 
@@ -830,12 +830,258 @@ UPDATE tollgate.schema_version SET version = 2, updated_at = now();
 \endif
 
 --
--- Step 3 (SIP digest users: settings, sip_users, set_password) is written
--- but not wired in yet: it lives in sql/migrations/003_sip_users.sql and is
--- applied by hand after this file, until the loader reads sip_users and
--- LOADER_SCHEMA_VERSION becomes 3. Then its block moves here as step 3 and
--- latest_version becomes 3.
+-- Step 3: SIP digest users. tollgate.settings holds digest_realm;
+-- tollgate.sip_users holds users that authenticate by digest, with HA1
+-- hashes set by tollgate.set_password() and never a password; the users
+-- are on the change feed and in the audit log like the other tables.
 --
+SELECT version < 3 AS run_step FROM tollgate.schema_version \gset
+\if :run_step
+
+-- Settings -----------------------------------------------------------------
+
+CREATE TABLE tollgate.settings (
+	key text PRIMARY KEY,
+	value text NOT NULL,
+	-- The gateway writes the realm inside a quoted string of its
+	-- challenges, and its config takes printable ASCII only.
+	CONSTRAINT settings_digest_realm_check
+		CHECK (key <> 'digest_realm' OR (value ~ '^[ -~]+$' AND value !~ '["\\]'))
+);
+
+COMMENT ON TABLE tollgate.settings IS 'Database-side settings, one row per key.';
+
+-- HA1 = H(username:realm:password): a stored HA1 holds for one realm only.
+-- It must equal digest.realm in the gateway's config (the loader logs
+-- digest_realm_mismatch at every full load while they differ); changing
+-- it clears every stored HA1 (see settings_realm_changed below).
+INSERT INTO tollgate.settings (key, value) VALUES ('digest_realm', 'tollgate')
+ON CONFLICT (key) DO NOTHING;
+
+-- SIP users ----------------------------------------------------------------
+
+CREATE TABLE tollgate.sip_users (
+	id bigserial PRIMARY KEY,
+	account_id bigint NOT NULL REFERENCES tollgate.accounts (id) ON DELETE CASCADE,
+	-- The user part only: "alice", never "alice@example.com". No ":"
+	-- either, since it is hashed as username:realm:password.
+	username text NOT NULL
+		CONSTRAINT sip_users_username_check
+		CHECK (char_length(username) BETWEEN 1 AND 64 AND username !~ '[@:[:cntrl:]]'),
+	-- NULL = any domain. Lower case (the fill trigger folds it), host name
+	-- syntax (RFC 1123 labels; a dotted IPv4 address also fits).
+	domain text
+		CONSTRAINT sip_users_domain_check
+		CHECK (domain = lower(domain) AND octet_length(domain) <= 253
+			AND domain ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$'),
+	status text NOT NULL DEFAULT 'active'
+		CONSTRAINT sip_users_status_check CHECK (status IN ('active', 'inactive')),
+	ha1_md5 text
+		CONSTRAINT sip_users_ha1_md5_check CHECK (ha1_md5 ~ '^[0-9a-f]{32}$'),
+	ha1_sha256 text
+		CONSTRAINT sip_users_ha1_sha256_check CHECK (ha1_sha256 ~ '^[0-9a-f]{64}$'),
+	-- The same over "username@domain", for phones configured with the
+	-- full-URI form as their digest username. A user without a domain
+	-- has none: which domain a client would append is unknown.
+	ha1_md5_full text
+		CONSTRAINT sip_users_ha1_md5_full_check CHECK (ha1_md5_full ~ '^[0-9a-f]{32}$'),
+	ha1_sha256_full text
+		CONSTRAINT sip_users_ha1_sha256_full_check CHECK (ha1_sha256_full ~ '^[0-9a-f]{64}$'),
+	restrict_sources boolean NOT NULL DEFAULT false,
+	-- Addresses in ip_rules notation (no host names), checked by the
+	-- sip_users_fill trigger. At most 32: what the gateway keeps per user.
+	allowed_sources text[] NOT NULL DEFAULT '{}'
+		CONSTRAINT sip_users_allowed_sources_check
+		CHECK (cardinality(allowed_sources) <= 32 AND coalesce(array_ndims(allowed_sources), 1) = 1),
+	created_at timestamptz NOT NULL DEFAULT now(),
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	CONSTRAINT sip_users_ha1_full_domain_check
+		CHECK (domain IS NOT NULL OR (ha1_md5_full IS NULL AND ha1_sha256_full IS NULL))
+);
+
+CREATE UNIQUE INDEX sip_users_username_domain_key ON tollgate.sip_users (username, coalesce(domain, ''));
+CREATE INDEX sip_users_account_id_idx ON tollgate.sip_users (account_id);
+
+COMMENT ON TABLE tollgate.sip_users IS 'Users that authenticate by SIP digest; the password is kept only as HA1 hashes.';
+COMMENT ON COLUMN tollgate.sip_users.domain IS 'Domain the user belongs to, lower case; NULL = any.';
+COMMENT ON COLUMN tollgate.sip_users.ha1_md5 IS 'md5(username:realm:password), hex; set by tollgate.set_password().';
+COMMENT ON COLUMN tollgate.sip_users.ha1_sha256 IS 'sha256(username:realm:password), hex; set by tollgate.set_password().';
+COMMENT ON COLUMN tollgate.sip_users.ha1_md5_full IS
+	'md5(username@domain:realm:password), hex, for clients that send the full-URI username; NULL without a domain.';
+COMMENT ON COLUMN tollgate.sip_users.ha1_sha256_full IS
+	'sha256(username@domain:realm:password), hex, for clients that send the full-URI username; NULL without a domain.';
+COMMENT ON COLUMN tollgate.sip_users.restrict_sources IS
+	'true: only sources in allowed_sources may use this user (none when it is empty).';
+COMMENT ON COLUMN tollgate.sip_users.allowed_sources IS
+	'Up to 32 source addresses in ip_rules notation (1.2.3.4, 1.2.3.0/24, ranges, IPv6); host names are refused.';
+
+-- Folds the domain to lower case (without a trailing dot) and checks each
+-- allowed_sources element with parse_address(); a host name is refused:
+-- the loader resolves ip_rules names only. An UPDATE that renames the
+-- user, or changes its domain, clears the HA1 values that were computed
+-- over the old name and that it does not set itself: they could never
+-- verify again.
+CREATE FUNCTION tollgate.sip_users_fill()
+	RETURNS trigger
+	LANGUAGE plpgsql
+AS $fn$
+DECLARE
+	src text;
+	name text;
+BEGIN
+	IF NEW.domain IS NOT NULL THEN
+		NEW.domain := lower(NEW.domain);
+		IF right(NEW.domain, 1) = '.' THEN
+			NEW.domain := left(NEW.domain, -1);
+		END IF;
+	END IF;
+	FOREACH src IN ARRAY NEW.allowed_sources LOOP
+		IF src IS NULL THEN
+			PERFORM tollgate.address_invalid('NULL', 'allowed_sources cannot hold NULL');
+		END IF;
+		SELECT p.host_name INTO name FROM tollgate.parse_address(src) AS p;
+		IF name IS NOT NULL THEN
+			PERFORM tollgate.address_invalid(src, 'host names are not accepted in sip_users.allowed_sources');
+		END IF;
+	END LOOP;
+	IF TG_OP = 'UPDATE' AND NEW.username IS DISTINCT FROM OLD.username THEN
+		IF NEW.ha1_md5 IS NOT DISTINCT FROM OLD.ha1_md5 THEN
+			NEW.ha1_md5 := NULL;
+		END IF;
+		IF NEW.ha1_sha256 IS NOT DISTINCT FROM OLD.ha1_sha256 THEN
+			NEW.ha1_sha256 := NULL;
+		END IF;
+	END IF;
+	IF TG_OP = 'UPDATE' AND (NEW.username, NEW.domain) IS DISTINCT FROM (OLD.username, OLD.domain) THEN
+		IF NEW.ha1_md5_full IS NOT DISTINCT FROM OLD.ha1_md5_full THEN
+			NEW.ha1_md5_full := NULL;
+		END IF;
+		IF NEW.ha1_sha256_full IS NOT DISTINCT FROM OLD.ha1_sha256_full THEN
+			NEW.ha1_sha256_full := NULL;
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$fn$;
+
+CREATE TRIGGER sip_users_fill BEFORE INSERT OR UPDATE ON tollgate.sip_users
+	FOR EACH ROW EXECUTE FUNCTION tollgate.sip_users_fill();
+CREATE TRIGGER sip_users_touch BEFORE UPDATE ON tollgate.sip_users
+	FOR EACH ROW EXECUTE FUNCTION tollgate.touch_updated_at();
+
+CALL tollgate.feed_attach('tollgate.sip_users');
+
+-- A new realm clears every HA1 -----------------------------------------------
+
+-- An HA1 computed for one realm never verifies in another, so a new
+-- digest_realm would otherwise leave every user failing with no word.
+-- Instead it clears them all (a warning says how many): passwords must be
+-- set again. Their UPDATE goes out on the change feed as usual, and a
+-- "settings,UPDATE,digest_realm" notification makes the loader load in
+-- full, which compares the new realm with its config. Inserting the row
+-- (after a DELETE) counts as a change too: the old value is unknown.
+CREATE FUNCTION tollgate.settings_realm_changed()
+	RETURNS trigger
+	LANGUAGE plpgsql
+AS $fn$
+DECLARE
+	n bigint;
+BEGIN
+	UPDATE tollgate.sip_users
+	SET ha1_md5 = NULL, ha1_sha256 = NULL, ha1_md5_full = NULL, ha1_sha256_full = NULL
+	WHERE ha1_md5 IS NOT NULL OR ha1_sha256 IS NOT NULL OR ha1_md5_full IS NOT NULL OR ha1_sha256_full IS NOT NULL;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	PERFORM pg_notify('tollgate_changes', 'settings,' || TG_OP || ',digest_realm');
+	IF n > 0 THEN
+		RAISE WARNING 'digest_realm is now "%": the HA1 of % SIP users were cleared', NEW.value, n
+			USING DETAIL = 'HA1 = H(username:realm:password) holds for one realm only; those users cannot authenticate until their password is set again.',
+			HINT = 'Set each password again with tollgate.set_password(username, password, domain), '
+				'and make digest.realm in the gateway''s config the same.';
+	END IF;
+	RETURN NULL;
+END
+$fn$;
+
+CREATE TRIGGER settings_realm_insert AFTER INSERT ON tollgate.settings
+	FOR EACH ROW WHEN (NEW.key = 'digest_realm')
+	EXECUTE FUNCTION tollgate.settings_realm_changed();
+CREATE TRIGGER settings_realm_update AFTER UPDATE ON tollgate.settings
+	FOR EACH ROW WHEN (NEW.key = 'digest_realm' AND (OLD.key, OLD.value) IS DISTINCT FROM (NEW.key, NEW.value))
+	EXECUTE FUNCTION tollgate.settings_realm_changed();
+
+-- set_password ---------------------------------------------------------------
+
+-- Stores the HA1 hashes of one user, computed with the realm in
+-- tollgate.settings; the password itself is not stored anywhere. Without
+-- a domain it names the user with no domain when there is one, else the
+-- only user of that name.
+CREATE FUNCTION tollgate.set_password(username text, password text, domain text DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql
+	SECURITY INVOKER
+AS $fn$
+DECLARE
+	realm text := (SELECT s.value FROM tollgate.settings AS s WHERE s.key = 'digest_realm');
+	dom text := lower(rtrim(set_password.domain, '.'));
+	n bigint;
+	user_id bigint;
+	user_domain text;
+	secret bytea;
+	secret_full bytea;
+BEGIN
+	IF set_password.username IS NULL OR set_password.password IS NULL OR set_password.password = '' THEN
+		RAISE EXCEPTION 'tollgate.set_password: username and a non-empty password are required'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF realm IS NULL THEN
+		RAISE EXCEPTION 'tollgate.settings has no digest_realm'
+			USING ERRCODE = 'no_data_found',
+			HINT = 'INSERT INTO tollgate.settings VALUES (''digest_realm'', ''<the realm in the config>'');';
+	END IF;
+
+	IF dom IS NULL THEN
+		SELECT u.id INTO user_id
+		FROM tollgate.sip_users AS u
+		WHERE u.username = set_password.username AND u.domain IS NULL;
+	END IF;
+	IF user_id IS NULL THEN
+		SELECT count(*), min(u.id) INTO n, user_id
+		FROM tollgate.sip_users AS u
+		WHERE u.username = set_password.username
+			AND (dom IS NULL OR u.domain = dom);
+		IF n = 0 THEN
+			IF dom IS NULL THEN
+				RAISE EXCEPTION 'no SIP user named "%"', set_password.username
+					USING ERRCODE = 'no_data_found';
+			END IF;
+			RAISE EXCEPTION 'no SIP user named "%" in domain "%"', set_password.username, dom
+				USING ERRCODE = 'no_data_found';
+		ELSIF n > 1 THEN
+			RAISE EXCEPTION 'several users named "%": give the domain', set_password.username
+				USING ERRCODE = 'cardinality_violation',
+				HINT = format('SELECT tollgate.set_password(%L, ''...'', ''<domain>'');', set_password.username);
+		END IF;
+	END IF;
+
+	SELECT u.domain INTO user_domain FROM tollgate.sip_users AS u WHERE u.id = user_id;
+	secret := convert_to(set_password.username || ':' || realm || ':' || set_password.password, 'UTF8');
+	-- NULL without a domain, and so are the hashes over it.
+	secret_full := convert_to(set_password.username || '@' || user_domain || ':' || realm || ':'
+		|| set_password.password, 'UTF8');
+	UPDATE tollgate.sip_users AS u
+	SET ha1_md5 = md5(secret), ha1_sha256 = encode(sha256(secret), 'hex'),
+		ha1_md5_full = md5(secret_full), ha1_sha256_full = encode(sha256(secret_full), 'hex')
+	WHERE u.id = user_id;
+END
+$fn$;
+
+COMMENT ON FUNCTION tollgate.set_password(text, text, text) IS
+	'Sets the HA1 hashes of one SIP user (over username, and over username@domain when it has a domain) '
+	'from a password and the digest_realm setting; stores no password.';
+
+UPDATE tollgate.schema_version SET version = 3, updated_at = now();
+
+\endif
 
 -- A step that forgot to record its version, or a latest_version that
 -- forgot a step, fails here instead of leaving a half-known schema.

@@ -1,9 +1,10 @@
 /*
  * The loader: the only process that talks to PostgreSQL and the only writer
- * of the provisioning snapshot. It keeps every account and IP rule in a
- * model in its own heap (shm/snapmodel.c), changes the model row by row as
- * the database changes, and publishes it into shared memory: a small head
- * over the current base for a few changes, a new base after a full load.
+ * of the provisioning snapshot. It keeps every account, IP rule and SIP
+ * user in a model in its own heap (shm/snapmodel.c), changes the model row
+ * by row as the database changes, and publishes it into shared memory: a
+ * small head over the current base for a few changes, a new base after a
+ * full load.
  * It owns shm->loader (status for metrics), the resync_done field of its
  * own slot, the snapshot file and the DNS lookups of host-name rules. It
  * never touches SIP, the workers' slots or counters, nor the configuration
@@ -21,22 +22,23 @@
  *
  * CHECKING reads the schema version; an unknown one parks the connection
  * in IDLE and re-checks slowly. A full sync is LISTEN, then one read-only
- * REPEATABLE READ transaction reading both tables, marking every row in
- * the model and sweeping what was not seen. LISTEN comes first so that
- * every commit the transaction's snapshot misses is notified to us: the
- * server delivers notifications between transactions, so those that
- * arrive during a load are queued and applied after it, and applying a
- * change twice is harmless.
+ * REPEATABLE READ transaction reading the digest realm and the three
+ * tables, marking every row in the model and sweeping what was not seen.
+ * LISTEN comes first so that every commit the transaction's snapshot
+ * misses is notified to us: the server delivers notifications between
+ * transactions, so those that arrive during a load are queued and applied
+ * after it, and applying a change twice is harmless.
  *
  * Changes. Each notification ("ip_rules,UPDATE,42") adds an id to the
  * collect set. The set is fetched once the changes have been quiet for
  * provisioning.coalesce_ms, or provisioning.max_delay_ms after the first,
  * in a delta sync: one transaction, one query per table for all its ids
- * (plus the accounts the fetched rules name), ORDER BY id, merged with the
- * sorted ids: a row present is put, an id without a row is deleted. That
- * is order-independent and idempotent, so a burst of any size costs one
- * fetch and one publish. TRUNCATE, a bulk statement, a bad payload or more
- * than LOADER_DELTA_MAX ids make a full sync instead.
+ * (plus the accounts the fetched rules and users name), ORDER BY id,
+ * merged with the sorted ids: a row present is put, an id without a row
+ * is deleted. That is order-independent and idempotent, so a burst of any
+ * size costs one fetch and one publish. TRUNCATE, a bulk statement, a new
+ * digest realm, a bad payload or more than LOADER_DELTA_MAX ids make a
+ * full sync instead.
  *
  * Publishing. A sync that fails half-way leaves the model "mixed" (part of
  * a snapshot, part of the one before); nothing is published from it until
@@ -84,7 +86,7 @@
 #include "sql/resolve.h"
 
 /* The tollgate.schema_version this binary reads; bump with sql/install.sql. */
-#define LOADER_SCHEMA_VERSION 2
+#define LOADER_SCHEMA_VERSION 3
 #define LOADER_CHANNEL        "tollgate_changes"
 
 /* PQconnectPoll() honours no connect_timeout of its own. */
@@ -93,7 +95,7 @@
 #define LOADER_PUBLISH_FIRST_MS 1
 #define LOADER_PUBLISH_MAX_MS   50
 #define LOADER_PUBLISH_WARN_MS  1000
-/* rule_invalid lines per sync; the invalid count covers the rest. */
+/* rule_invalid (and user_invalid) lines per sync; the invalid count covers the rest. */
 #define LOADER_INVALID_LOG_MAX 100
 #define LOADER_REASON_MAX      512
 /* Changed ids fetched one by one up to here; past it a full sync is cheaper. */
@@ -119,8 +121,10 @@ enum sync_kind {
 enum sync_step {
 	STEP_LISTEN, /* full only */
 	STEP_BEGIN,
+	STEP_REALM, /* full only */
 	STEP_ACCOUNTS,
 	STEP_RULES,
+	STEP_USERS,
 	STEP_COMMIT,
 	STEP_ROLLBACK,
 };
@@ -129,30 +133,42 @@ enum sync_step {
 #define RULE_COLS                                                                                            \
 	"SELECT id, account_id, address, port, tech_prefix, status, direction, host_name FROM "              \
 	"tollgate.ip_rules"
+/* No address notation holds a ',', so the allowed sources travel as one string. */
+#define USER_COLS                                                                                            \
+	"SELECT id, account_id, username, domain, status, ha1_md5, ha1_sha256, ha1_md5_full, "               \
+	"ha1_sha256_full, restrict_sources, array_to_string(allowed_sources, ',') FROM tollgate.sip_users"
 
 static const char *const full_sql[] = {
         [STEP_LISTEN] = "LISTEN " LOADER_CHANNEL,
         [STEP_BEGIN] = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        [STEP_REALM] = "SELECT value FROM tollgate.settings WHERE key = 'digest_realm'",
         [STEP_ACCOUNTS] = ACCOUNT_COLS,
         [STEP_RULES] = RULE_COLS,
+        [STEP_USERS] = USER_COLS,
         [STEP_COMMIT] = "COMMIT",
         [STEP_ROLLBACK] = "ROLLBACK",
 };
 
 /*
- * $1: account ids, $2: rule ids. The rules' accounts come along: a new rule
- * may name a new account. A UNION rather than "OR id IN (...)", which the
- * planner turns into a scan of every account.
+ * $1: account ids, $2: rule ids, $3: user ids. The accounts of the rules
+ * and users come along: a new rule or user may name a new account. A
+ * UNION rather than "OR id IN (...)", which the planner turns into a scan
+ * of every account.
  */
 static const char *const delta_sql[] = {
         [STEP_LISTEN] = NULL,
         [STEP_BEGIN] = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        [STEP_REALM] = NULL,
         [STEP_ACCOUNTS] =
                 ACCOUNT_COLS " WHERE id = ANY($1::bigint[])"
                              " UNION SELECT a.id, a.name, a.status, a.max_channels, a.max_cps"
                              " FROM tollgate.accounts a JOIN tollgate.ip_rules r ON r.account_id = a.id"
-                             " WHERE r.id = ANY($2::bigint[]) ORDER BY id",
+                             " WHERE r.id = ANY($2::bigint[])"
+                             " UNION SELECT a.id, a.name, a.status, a.max_channels, a.max_cps"
+                             " FROM tollgate.accounts a JOIN tollgate.sip_users u ON u.account_id = a.id"
+                             " WHERE u.id = ANY($3::bigint[]) ORDER BY id",
         [STEP_RULES] = RULE_COLS " WHERE id = ANY($1::bigint[]) ORDER BY id",
+        [STEP_USERS] = USER_COLS " WHERE id = ANY($1::bigint[]) ORDER BY id",
         [STEP_COMMIT] = "COMMIT",
         [STEP_ROLLBACK] = "ROLLBACK",
 };
@@ -160,10 +176,12 @@ static const char *const delta_sql[] = {
 /* Why a full sync stopped taking rows; the rest are only counted. */
 enum load_over {
 	OVER_NONE,
-	OVER_ACCOUNTS, /* cap_accounts reached */
-	OVER_RULES,    /* cap_ip_rules reached */
-	OVER_MEMORY,   /* the model ran out of heap */
-	OVER_SLOTS,    /* no free account slot: deleted accounts hold them until a compaction */
+	OVER_ACCOUNTS,  /* cap_accounts reached */
+	OVER_RULES,     /* cap_ip_rules reached */
+	OVER_USERS,     /* cap_sip_users reached */
+	OVER_MEMORY,    /* the model ran out of heap */
+	OVER_SLOTS,     /* no free account slot: deleted accounts hold them until a compaction */
+	OVER_USER_ROOM, /* no room for another user: a full load sweeps the old ones last */
 };
 
 /* What the next publish carries, strongest first wins the log line. */
@@ -213,11 +231,15 @@ typedef struct loader {
 	/* the sync in flight */
 	uint64_t load_gen;
 	uint64_t sync_start_us;
-	uint64_t invalid;
-	uint64_t rows_accounts, rows_rules; /* seen, valid or not */
+	uint64_t invalid;                               /* rows skipped, rules and users */
+	uint64_t invalid_users;                         /* of which users */
+	uint64_t rows_accounts, rows_rules, rows_users; /* seen, valid or not */
+	char db_realm[TG_DIGEST_REALM_MAX + 1];         /* tollgate.settings digest_realm, for the log */
+	int realm_found, realm_same;                    /* the load found it; it equals the config's */
 	enum load_over over;
-	int retry_load; /* after the ROLLBACK in flight: load again later */
-	int reload_now; /* after the ROLLBACK in flight: load again at once (a fresh model) */
+	const char *over_reason; /* OVER_USER_ROOM: the model's words */
+	int retry_load;          /* after the ROLLBACK in flight: load again later */
+	int reload_now;          /* after the ROLLBACK in flight: load again at once (a fresh model) */
 	int slot_reset; /* the model was replaced for want of account slots; the load has not succeeded yet */
 	int retry_due;  /* the retry timer fired during a delta: act on it once idle */
 
@@ -226,7 +248,7 @@ typedef struct loader {
 	uint64_t collect_first_us; /* the first change in collect arrived; 0 = none */
 	uint64_t batch_first_us;
 	const char *resync_reason; /* why collect overflowed; NULL = it did not */
-	char *params[2];           /* the batch's ids as bigint[] literals: accounts, rules */
+	char *params[3];           /* the batch's ids as bigint[] literals: accounts, rules, users */
 	uint32_t cursor[PENDING_NTABLES];
 	uint32_t changes; /* rows put or deleted by the delta sync in flight */
 	struct event *coalesce_ev;
@@ -249,7 +271,7 @@ typedef struct loader {
 	struct event *save_ev;
 	pid_t save_pid;           /* the child writing it; 0 = none */
 	uint64_t save_started_ms; /* monotonic; 0 = never */
-	uint32_t save_accounts, save_rules;
+	uint32_t save_accounts, save_rules, save_users;
 	uint64_t save_fork_us; /* the loop's share of a save: fork() copying the page tables */
 	int save_dirty;        /* published since the last save began */
 	int file_tried;
@@ -413,7 +435,7 @@ static uint32_t schedule_reconnect(loader_t *l)
 
 static void params_free(loader_t *l)
 {
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < 3; i++) {
 		free(l->params[i]);
 		l->params[i] = NULL;
 	}
@@ -719,15 +741,17 @@ static void check_done(loader_t *l)
 
 static void sync_send(loader_t *l, enum sync_step step)
 {
-	int rows = step == STEP_ACCOUNTS || step == STEP_RULES;
+	int rows = step == STEP_ACCOUNTS || step == STEP_RULES || step == STEP_USERS;
 
 	l->step = step;
 	if (l->kind == SYNC_FULL)
 		send_query(l, full_sql[step], 0, NULL, rows);
 	else if (step == STEP_ACCOUNTS)
-		send_query(l, delta_sql[step], 2, l->params, 0);
+		send_query(l, delta_sql[step], 3, l->params, 0);
 	else if (step == STEP_RULES)
 		send_query(l, delta_sql[step], 1, &l->params[1], 0);
+	else if (step == STEP_USERS)
+		send_query(l, delta_sql[step], 1, &l->params[2], 0);
 	else
 		send_query(l, delta_sql[step], 0, NULL, 0);
 }
@@ -738,9 +762,14 @@ static void sync_reset(loader_t *l, enum sync_kind kind)
 	l->state = LOADER_SYNCING;
 	l->sync_start_us = now_us();
 	l->invalid = 0;
+	l->invalid_users = 0;
 	l->rows_accounts = 0;
 	l->rows_rules = 0;
+	l->rows_users = 0;
+	l->realm_found = 0;
+	l->realm_same = 0;
 	l->over = OVER_NONE;
+	l->over_reason = NULL;
 	l->changes = 0;
 }
 
@@ -783,7 +812,8 @@ static void delta_start(loader_t *l)
 	l->resync_reason = NULL;
 	l->params[0] = pending_array_text(l->batch, PENDING_ACCOUNTS);
 	l->params[1] = pending_array_text(l->batch, PENDING_RULES);
-	if (l->params[0] == NULL || l->params[1] == NULL) {
+	l->params[2] = pending_array_text(l->batch, PENDING_USERS);
+	if (l->params[0] == NULL || l->params[1] == NULL || l->params[2] == NULL) {
 		params_free(l);
 		log_errorx("delta_failed", "reason=%s", "out of memory");
 		l->mixed = 1;
@@ -832,6 +862,8 @@ static void batch_delete(loader_t *l, enum pending_table t, int64_t id)
 {
 	if (t == PENDING_ACCOUNTS) {
 		snap_model_account_del(l->model, id);
+	} else if (t == PENDING_USERS) {
+		snap_model_user_del(l->model, id);
 	} else {
 		snap_model_rule_del(l->model, id);
 		resolve_del(l->resolve, id);
@@ -863,6 +895,12 @@ static void batch_rest(loader_t *l, enum pending_table t)
 
 	while (l->cursor[t] < n)
 		batch_delete(l, t, ids[l->cursor[t]++]);
+}
+
+/* The sync cannot go on: the model is short of heap or of room, whatever the rows hold. */
+static int over_fatal(const loader_t *l)
+{
+	return l->over == OVER_MEMORY || l->over == OVER_SLOTS || l->over == OVER_USER_ROOM;
 }
 
 /* A full sync counts every row, so capacity_exceeded can say how many there are. */
@@ -1029,16 +1067,159 @@ static void rule_row(loader_t *l, const PGresult *res, int row)
 	rule_invalid(l, r.id, r.address, err);
 }
 
+/* ---- SIP users ---- */
+
+/*
+ * The model has room for cap_sip_users users and a total of allowed
+ * source ranges; during a full load the users it has not seen again
+ * still hold theirs until the sweep. Not the row's fault, and fatal to
+ * the sync (see load_out_of_slots()).
+ */
+static int out_of_user_room(const char *err)
+{
+	return err != NULL && (strncmp(err, "no room", 7) == 0 ||
+	                       strcmp(err, "too many allowed source ranges in total") == 0);
+}
+
+static void user_invalid(loader_t *l, long long id, const char *username, const char *reason)
+{
+	l->invalid++;
+	if (l->invalid_users++ < LOADER_INVALID_LOG_MAX)
+		log_warnx("user_invalid", "id=%lld username=%s reason=%s", id, username, reason);
+	else if (l->invalid_users == LOADER_INVALID_LOG_MAX + 1)
+		log_warnx("user_invalid_suppressed", "after=%d", LOADER_INVALID_LOG_MAX);
+}
+
+static const char *field_or_null(const PGresult *res, int row, int col)
+{
+	return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+/*
+ * allowed_sources, joined with ',' by the query, through the parser the
+ * rules use (the schema checked them with the same notation). Returns
+ * NULL, or why not (in why when it names the element).
+ */
+static const char *user_sources(const char *list, tg_range_t *ranges, unsigned *n, char *why, size_t len)
+{
+	const char *err = NULL;
+	char one[128];
+
+	for (*n = 0; *list != '\0'; (*n)++) {
+		size_t k = strcspn(list, ",");
+
+		if (*n == SNAP_USER_RANGES)
+			return "more allowed sources than the gateway keeps";
+		snprintf(one, sizeof(one), "%.*s", (int)k, list);
+		if (k >= sizeof(one) || tg_range_parse(one, &ranges[*n], &err) < 0) {
+			snprintf(why, len, "allowed source \"%s\": %s", one,
+			         k >= sizeof(one) ? "too long" : err);
+			return why;
+		}
+		list += list[k] == ',' ? k + 1 : k;
+	}
+	return NULL;
+}
+
+/* Returns NULL once the user is in the model, else why not. */
+static const char *user_apply(loader_t *l, const PGresult *res, int row, snap_user_info_t *u, char *why,
+                              size_t len)
+{
+	tg_range_t ranges[SNAP_USER_RANGES];
+	const char *err = NULL;
+
+	u->account_id = field_ll(res, row, 1);
+	u->domain = field_or_null(res, row, 3);
+	u->active = !strcmp(PQgetvalue(res, row, 4), "active");
+	u->ha1_md5 = field_or_null(res, row, 5);
+	u->ha1_sha256 = field_or_null(res, row, 6);
+	u->ha1_md5_full = field_or_null(res, row, 7);
+	u->ha1_sha256_full = field_or_null(res, row, 8);
+	u->restrict_sources = !strcmp(PQgetvalue(res, row, 9), "t");
+	u->ranges = ranges;
+	if ((err = user_sources(PQgetvalue(res, row, 10), ranges, &u->nranges, why, len)) != NULL)
+		return err;
+	if (snap_model_user_put(l->model, u, &err) < 0)
+		return err != NULL ? err : "refused";
+	return NULL;
+}
+
+/*
+ * Like rule_row(): a row the model refuses is skipped and logged, and an
+ * older version of it leaves the model with it. Users count against
+ * cap_sip_users as rules do against theirs.
+ */
+static void user_row(loader_t *l, const PGresult *res, int row)
+{
+	char why[LOADER_REASON_MAX];
+	snap_user_info_t u;
+	const char *err;
+
+	memset(&u, 0, sizeof(u));
+	u.id = field_ll(res, row, 0);
+	u.username = PQgetvalue(res, row, 2);
+	if (l->kind == SYNC_DELTA)
+		batch_seen(l, PENDING_USERS, u.id);
+	else if (!full_row_fits(l, &l->rows_users, l->c->cfg.cap_sip_users, OVER_USERS))
+		return;
+	if ((err = user_apply(l, res, row, &u, why, sizeof(why))) == NULL)
+		return;
+	if (out_of_memory(err)) {
+		l->over = OVER_MEMORY;
+		return;
+	}
+	if (out_of_user_room(err)) {
+		l->over = OVER_USER_ROOM;
+		l->over_reason = err;
+		return;
+	}
+	snap_model_user_del(l->model, u.id);
+	user_invalid(l, (long long)u.id, u.username, err);
+}
+
+/* tollgate.settings digest_realm: one row, or none. */
+static void realm_row(loader_t *l, const PGresult *res, int row)
+{
+	const char *v = PQgetvalue(res, row, 0);
+
+	l->realm_found = 1;
+	l->realm_same = !strcmp(v, l->c->cfg.digest_realm);
+	snprintf(l->db_realm, sizeof(l->db_realm), "%s", v);
+}
+
+/*
+ * HA1 values are hashed over the database's realm, and workers challenge
+ * with the config's: when they differ no digest can ever verify. Said at
+ * every full load while it lasts; the load goes on, since every other
+ * field of the users is good, and only an operator knows which side is
+ * right. digest_realm "" in the config: digest is off, nothing to compare.
+ */
+static void realm_check(loader_t *l)
+{
+	const char *want = l->c->cfg.digest_realm;
+
+	if (want[0] == '\0' || l->realm_same)
+		return;
+	log_errorx("digest_realm_mismatch", "config_realm=%s database_realm=%s reason=%s", want,
+	           l->realm_found ? l->db_realm : NULL,
+	           l->realm_found ? "stored HA1 values cannot verify against the configured realm"
+	                          : "tollgate.settings has no digest_realm");
+}
+
 static void on_row(loader_t *l, const PGresult *res, int row)
 {
-	if (l->qfailed || (l->state == LOADER_SYNCING && (l->over == OVER_MEMORY || l->over == OVER_SLOTS)))
+	if (l->qfailed || (l->state == LOADER_SYNCING && over_fatal(l)))
 		return;
 	if (l->state == LOADER_CHECKING)
 		check_row(l, res, row);
+	else if (l->state == LOADER_SYNCING && l->step == STEP_REALM)
+		realm_row(l, res, row);
 	else if (l->state == LOADER_SYNCING && l->step == STEP_ACCOUNTS)
 		account_row(l, res, row);
 	else if (l->state == LOADER_SYNCING && l->step == STEP_RULES)
 		rule_row(l, res, row);
+	else if (l->state == LOADER_SYNCING && l->step == STEP_USERS)
+		user_row(l, res, row);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1052,18 +1233,25 @@ static void on_row(loader_t *l, const PGresult *res, int row)
  * (a load holds at most cap_accounts accounts; a head has twice as many
  * slots). Workers keep the last snapshot meanwhile; the host names keep
  * their addresses in the resolver. Once only: a second time, the old
- * snapshot stays and capacity_exceeded says why.
+ * snapshot stays and capacity_exceeded says why. The same goes for users:
+ * until the sweep, the users the load has not seen again still hold their
+ * room, so a load that replaces many of them can run out of it.
  */
 static void load_out_of_slots(loader_t *l)
 {
-	snap_model_t *fresh =
-	        l->slot_reset ? NULL : snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules);
+	int users = l->over == OVER_USER_ROOM;
+	const char *table = users ? "sip_users" : "accounts";
+	const char *why = users ? l->over_reason : "no free account slot";
+	unsigned long long rows = users ? l->rows_users : l->rows_accounts;
+	uint32_t cap = users ? l->c->cfg.cap_sip_users : l->c->cfg.cap_accounts;
+	snap_model_t *fresh = l->slot_reset ? NULL
+	                                    : snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules,
+	                                                     l->c->cfg.cap_sip_users);
 
 	if (fresh == NULL) {
 		if (l->slot_reset)
-			log_errorx("capacity_exceeded", "table=%s rows=%llu capacity=%u reason=%s",
-			           "accounts", (unsigned long long)l->rows_accounts, l->c->cfg.cap_accounts,
-			           "no free account slot");
+			log_errorx("capacity_exceeded", "table=%s rows=%llu capacity=%u reason=%s", table,
+			           rows, cap, why);
 		else
 			log_errorx("load_failed", "reason=%s", "out of memory");
 		l->slot_reset = 0;
@@ -1071,8 +1259,7 @@ static void load_out_of_slots(loader_t *l)
 		sync_rollback(l, 1);
 		return;
 	}
-	log_notice("load_restarted", "reason=%s rows=%llu capacity=%u", "no free account slot",
-	           (unsigned long long)l->rows_accounts, l->c->cfg.cap_accounts);
+	log_notice("load_restarted", "reason=%s table=%s rows=%llu capacity=%u", why, table, rows, cap);
 	snap_model_free(l->model);
 	l->model = fresh;
 	l->mixed = 1; /* empty: nothing is published from it until the load fills it */
@@ -1093,7 +1280,7 @@ static void load_over_capacity(loader_t *l)
 {
 	int retry = l->over == OVER_MEMORY;
 
-	if (l->over == OVER_SLOTS) {
+	if (l->over == OVER_SLOTS || l->over == OVER_USER_ROOM) {
 		load_out_of_slots(l);
 		return;
 	}
@@ -1102,9 +1289,12 @@ static void load_over_capacity(loader_t *l)
 	else if (l->over == OVER_ACCOUNTS)
 		log_errorx("capacity_exceeded", "table=%s rows=%llu capacity=%u", "accounts",
 		           (unsigned long long)l->rows_accounts, l->c->cfg.cap_accounts);
-	else
+	else if (l->over == OVER_RULES)
 		log_errorx("capacity_exceeded", "table=%s rows=%llu capacity=%u", "ip_rules",
 		           (unsigned long long)l->rows_rules, l->c->cfg.cap_ip_rules);
+	else
+		log_errorx("capacity_exceeded", "table=%s rows=%llu capacity=%u", "sip_users",
+		           (unsigned long long)l->rows_users, l->c->cfg.cap_sip_users);
 	sync_abandon(l, 1);
 	sync_rollback(l, retry);
 }
@@ -1125,8 +1315,10 @@ static void load_done(loader_t *l)
 		l->ack_gen = l->load_gen;
 	l->load_gen = 0;
 	l->pub_invalid = l->invalid;
-	l->pub_changes = l->rows_accounts + l->rows_rules;
-	atomic_store(&l->sh->rules_invalid, l->invalid);
+	l->pub_changes = l->rows_accounts + l->rows_rules + l->rows_users;
+	/* Rules only, as the metric says; the users skipped are in the log (and in invalid). */
+	atomic_store(&l->sh->rules_invalid, l->invalid - l->invalid_users);
+	atomic_store(&l->sh->users_invalid, l->invalid_users);
 	atomic_store(&l->sh->hostname_rules, resolve_count(l->resolve));
 }
 
@@ -1149,6 +1341,10 @@ static void full_step_done(loader_t *l)
 		load_begin(l);
 		return;
 	case STEP_BEGIN:
+		sync_send(l, STEP_REALM);
+		return;
+	case STEP_REALM:
+		realm_check(l);
 		sync_send(l, STEP_ACCOUNTS);
 		return;
 	case STEP_ACCOUNTS:
@@ -1158,6 +1354,12 @@ static void full_step_done(loader_t *l)
 			sync_send(l, STEP_RULES);
 		return;
 	case STEP_RULES:
+		if (l->over != OVER_NONE)
+			load_over_capacity(l);
+		else
+			sync_send(l, STEP_USERS);
+		return;
+	case STEP_USERS:
 		if (l->over != OVER_NONE) {
 			load_over_capacity(l);
 			return;
@@ -1174,10 +1376,16 @@ static void full_step_done(loader_t *l)
 
 static void delta_step_done(loader_t *l)
 {
-	/* Out of slots too: a full sync follows, and frees them (see load_out_of_slots()). */
-	if (l->over == OVER_MEMORY || l->over == OVER_SLOTS) {
+	/*
+	 * Out of slots or user room too: a full sync follows, and frees them
+	 * (see load_out_of_slots()), or says capacity_exceeded when the
+	 * database holds more users than the capacity.
+	 */
+	if (over_fatal(l)) {
 		snprintf(l->qerr, sizeof(l->qerr), "%s",
-		         l->over == OVER_MEMORY ? "out of memory" : "no free account slot");
+		         l->over == OVER_MEMORY  ? "out of memory"
+		         : l->over == OVER_SLOTS ? "no free account slot"
+		                                 : l->over_reason);
 		delta_failed(l);
 		return;
 	}
@@ -1192,6 +1400,10 @@ static void delta_step_done(loader_t *l)
 		return;
 	case STEP_RULES:
 		batch_rest(l, PENDING_RULES);
+		sync_send(l, STEP_USERS);
+		return;
+	case STEP_USERS:
+		batch_rest(l, PENDING_USERS);
 		l->applying = 0;
 		params_free(l);
 		mark_dirty(l, PUB_DELTA, l->batch_first_us);
@@ -1208,7 +1420,7 @@ static void delta_step_done(loader_t *l)
 
 static void sync_step_done(loader_t *l)
 {
-	if (l->qfailed && l->step <= STEP_RULES) {
+	if (l->qfailed && l->step <= STEP_USERS) {
 		if (l->kind == SYNC_DELTA) {
 			delta_failed(l);
 			return;
@@ -1283,12 +1495,19 @@ static void coalesce_arm(loader_t *l)
 	arm_timer_us(l->coalesce_ev, at > now ? at - now : 0);
 }
 
+/* Not a table of ids: a setting the load reads (the digest realm) changed. */
+#define TABLE_SETTINGS PENDING_NTABLES
+
 static int table_of(const char *name, size_t len)
 {
 	if (len == 8 && !memcmp(name, "accounts", 8))
 		return PENDING_ACCOUNTS;
 	if (len == 8 && !memcmp(name, "ip_rules", 8))
 		return PENDING_RULES;
+	if (len == 9 && !memcmp(name, "sip_users", 9))
+		return PENDING_USERS;
+	if (len == 8 && !memcmp(name, "settings", 8))
+		return TABLE_SETTINGS;
 	return -1;
 }
 
@@ -1316,6 +1535,10 @@ static int notify_one(loader_t *l, const char *payload)
 	}
 	if (t < 0)
 		return 0;
+	if (t == TABLE_SETTINGS) {
+		resync_wanted(l, "settings changed");
+		return 1;
+	}
 	if ((oplen == 8 && !memcmp(op + 1, "TRUNCATE", 8)) || (oplen == 4 && !memcmp(op + 1, "BULK", 4))) {
 		resync_wanted(l, oplen == 4 ? "bulk change" : "truncate");
 		return 1;
@@ -1491,9 +1714,11 @@ static void publish_stats(loader_t *l, const snap_publish_stats_t *st, uint64_t 
 {
 	uint64_t latency_us = now_us() - l->dirty_since_us;
 	uint64_t waited_ms = l->wait_since_ms != 0 ? tg_now_ms() - l->wait_since_ms : 0;
+	uint32_t users = snap_model_nusers(l->model); /* what was published: the model, as it stands */
 
 	atomic_store(&l->sh->accounts, st->accounts);
 	atomic_store(&l->sh->ip_rules, st->rules);
+	atomic_store(&l->sh->sip_users, users);
 	/* A file's data, and what DNS changed in it, is as old as the file says. */
 	if (l->pub_kind == PUB_FULL || l->pub_kind == PUB_DELTA || l->data_ms == 0)
 		l->data_ms = built_ms;
@@ -1509,11 +1734,12 @@ static void publish_stats(loader_t *l, const snap_publish_stats_t *st, uint64_t 
 	/* latency_us counts from the oldest change (or the load's start) to the publish. */
 	log_notice("snapshot_published",
 	           "kind=%s generation=%llu base_generation=%llu compaction=%d reason=%s accounts=%u "
-	           "ip_rules=%u changes=%llu invalid=%llu latency_us=%llu load_ms=%llu waited_ms=%llu "
-	           "build_us=%llu head_bytes=%zu base_bytes=%zu overlay_rules=%u tombstones=%u",
+	           "ip_rules=%u sip_users=%u changes=%llu invalid=%llu latency_us=%llu load_ms=%llu "
+	           "waited_ms=%llu build_us=%llu head_bytes=%zu base_bytes=%zu overlay_rules=%u "
+	           "tombstones=%u",
 	           pub_kind_name[l->pub_kind], (unsigned long long)st->generation,
 	           (unsigned long long)st->base_generation, st->kind == SNAP_PUBLISH_COMPACTION,
-	           st->reason != NULL ? st->reason : "", st->accounts, st->rules,
+	           st->reason != NULL ? st->reason : "", st->accounts, st->rules, users,
 	           (unsigned long long)l->pub_changes, (unsigned long long)l->pub_invalid,
 	           (unsigned long long)latency_us, (unsigned long long)(latency_us / 1000),
 	           (unsigned long long)waited_ms, (unsigned long long)st->build_us, st->head_bytes,
@@ -1527,10 +1753,11 @@ static void publish_failed(loader_t *l)
 
 	if (!l->capacity_logged || saved != ENOSPC)
 		log_errorx("capacity_exceeded",
-		           "table=%s accounts=%u ip_rules=%u capacity_accounts=%u "
-		           "capacity_ip_rules=%u reason=%s",
+		           "table=%s accounts=%u ip_rules=%u sip_users=%u capacity_accounts=%u "
+		           "capacity_ip_rules=%u capacity_sip_users=%u reason=%s",
 		           "snapshot", snap_model_naccounts(l->model), snap_model_nrules(l->model),
-		           l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules, strerror(saved));
+		           snap_model_nusers(l->model), l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules,
+		           l->c->cfg.cap_sip_users, strerror(saved));
 	l->capacity_logged = saved == ENOSPC;
 	if (l->pub_kind == PUB_FULL)
 		atomic_fetch_add(&l->sh->load_failures, 1);
@@ -1579,11 +1806,12 @@ static void compact_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	log_notice("snapshot_published",
 	           "kind=%s generation=%llu base_generation=%llu compaction=%d reason=%s accounts=%u "
-	           "ip_rules=%u changes=%d invalid=%d latency_us=%d load_ms=%d waited_ms=%d "
+	           "ip_rules=%u sip_users=%u changes=%d invalid=%d latency_us=%d load_ms=%d waited_ms=%d "
 	           "build_us=%llu head_bytes=%zu base_bytes=%zu overlay_rules=%u tombstones=%u",
 	           "idle", (unsigned long long)st.generation, (unsigned long long)st.base_generation, 1,
-	           "idle_compaction", st.accounts, st.rules, 0, 0, 0, 0, 0, (unsigned long long)st.build_us,
-	           st.head_bytes, st.base_bytes, st.overlay_rules, st.tombstones);
+	           "idle_compaction", st.accounts, st.rules, snap_model_nusers(l->model), 0, 0, 0, 0, 0,
+	           (unsigned long long)st.build_us, st.head_bytes, st.base_bytes, st.overlay_rules,
+	           st.tombstones);
 }
 
 static void publish_try(loader_t *l)
@@ -1660,7 +1888,8 @@ static void dns_failed(void *arg)
  */
 static int model_reset(loader_t *l)
 {
-	snap_model_t *m = snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules);
+	snap_model_t *m =
+	        snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules, l->c->cfg.cap_sip_users);
 
 	if (m == NULL)
 		return -1;
@@ -1679,13 +1908,14 @@ static void file_loaded(loader_t *l, const snapfile_info_t *info)
 {
 	uint64_t now = tg_wall_ms();
 
-	log_notice("snapshot_loaded_from_file", "path=%s accounts=%llu ip_rules=%llu age_s=%llu",
-	           l->c->cfg.snapshot_file, (unsigned long long)info->naccounts,
-	           (unsigned long long)info->nrules,
+	log_notice("snapshot_loaded_from_file",
+	           "path=%s accounts=%llu ip_rules=%llu sip_users=%llu age_s=%llu", l->c->cfg.snapshot_file,
+	           (unsigned long long)info->naccounts, (unsigned long long)info->nrules,
+	           (unsigned long long)info->nusers,
 	           (unsigned long long)(now > info->built_ms ? (now - info->built_ms) / 1000 : 0));
 	mark_dirty(l, PUB_FILE, now_us());
 	l->data_ms = info->built_ms;
-	l->pub_changes = info->naccounts + info->nrules;
+	l->pub_changes = info->naccounts + info->nrules + info->nusers;
 	atomic_store(&l->sh->hostname_rules, resolve_count(l->resolve));
 	publish_try(l);
 }
@@ -1714,7 +1944,7 @@ static void file_fallback(loader_t *l)
 		return;
 	}
 	if (loader_file_load(path, l->model, l->resolve, l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules,
-	                     &info, reason, sizeof(reason)) == 0) {
+	                     l->c->cfg.cap_sip_users, &info, reason, sizeof(reason)) == 0) {
 		l->mixed = 0;
 		file_loaded(l, &info);
 		return;
@@ -1734,8 +1964,9 @@ static void save_log(loader_t *l, int status, uint64_t ms)
 
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
 		atomic_fetch_add(&l->sh->snapshot_saves, 1);
-		log_info("snapshot_saved", "path=%s accounts=%u ip_rules=%u bytes=%lld ms=%llu fork_us=%llu",
-		         path, l->save_accounts, l->save_rules,
+		log_info("snapshot_saved",
+		         "path=%s accounts=%u ip_rules=%u sip_users=%u bytes=%lld ms=%llu fork_us=%llu", path,
+		         l->save_accounts, l->save_rules, l->save_users,
 		         stat(path, &st) == 0 ? (long long)st.st_size : -1LL, (unsigned long long)ms,
 		         (unsigned long long)l->save_fork_us);
 		return;
@@ -1777,6 +2008,7 @@ static void save_start(loader_t *l)
 	l->save_started_ms = tg_now_ms();
 	l->save_accounts = snap_model_naccounts(l->model);
 	l->save_rules = snap_model_nrules(l->model);
+	l->save_users = snap_model_nusers(l->model);
 	pid = fork();
 	if (pid < 0) {
 		log_warn("snapshot_save_failed", "path=%s call=%s", l->c->cfg.snapshot_file, "fork()");
@@ -1847,6 +2079,7 @@ static void save_at_exit(loader_t *l)
 		return;
 	l->save_accounts = snap_model_naccounts(l->model);
 	l->save_rules = snap_model_nrules(l->model);
+	l->save_users = snap_model_nusers(l->model);
 	l->save_fork_us = 0;
 	if (loader_file_save(l->c->cfg.snapshot_file, l->model, l->resolve, l->data_ms, NULL) == 0)
 		status = 0;
@@ -1938,7 +2171,7 @@ static int loader_alloc(loader_t *l)
 	l->compact_ev = evtimer_new(l->base, compact_cb, l);
 	l->coalesce_ev = evtimer_new(l->base, coalesce_cb, l);
 	l->save_ev = evtimer_new(l->base, save_cb, l);
-	l->model = snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules);
+	l->model = snap_model_new(l->c->cfg.cap_accounts, l->c->cfg.cap_ip_rules, l->c->cfg.cap_sip_users);
 	l->resolve = resolve_new(l->base, &hooks);
 	l->collect = pending_new(LOADER_DELTA_MAX);
 	l->batch = pending_new(LOADER_DELTA_MAX);

@@ -44,6 +44,17 @@ static int save_rule(void *arg, const snap_rule_info_t *ri)
 	return snapfile_put_rule(s->w, &fr) < 0 ? errno : 0;
 }
 
+static int save_user(void *arg, const snap_user_info_t *u)
+{
+	save_ctx_t *s = arg;
+	snapfile_user_t fu = {
+	        u->id,           u->account_id,       u->username, u->domain != NULL ? u->domain : "",
+	        u->active,       u->restrict_sources, u->ha1_md5,  u->ha1_sha256,
+	        u->ha1_md5_full, u->ha1_sha256_full,  u->ranges,   u->nranges};
+
+	return snapfile_put_user(s->w, &fu) < 0 ? errno : 0;
+}
+
 int loader_file_save(const char *path, const snap_model_t *m, const resolve_t *r, uint64_t built_ms,
                      snapfile_info_t *info)
 {
@@ -55,6 +66,8 @@ int loader_file_save(const char *path, const snap_model_t *m, const resolve_t *r
 	err = snap_model_foreach_account(m, save_account, &s);
 	if (err == 0)
 		err = snap_model_foreach_rule(m, save_rule, &s);
+	if (err == 0)
+		err = snap_model_foreach_user(m, save_user, &s);
 	if (err != 0) {
 		snapfile_abort(s.w);
 		errno = err;
@@ -108,11 +121,25 @@ static const char *load_rule(void *arg, const snapfile_rule_t *fr)
 	return NULL;
 }
 
+static const char *load_user(void *arg, const snapfile_user_t *fu)
+{
+	load_ctx_t *c = arg;
+	snap_user_info_t u = {fu->id,           fu->account_id,       fu->username, fu->domain,
+	                      fu->active,       fu->restrict_sources, fu->ha1_md5,  fu->ha1_sha256,
+	                      fu->ha1_md5_full, fu->ha1_sha256_full,  fu->ranges,   fu->nranges};
+	const char *err = "refused";
+
+	if (snap_model_user_put(c->m, &u, &err) < 0)
+		return err;
+	return NULL;
+}
+
 int loader_file_load(const char *path, snap_model_t *m, resolve_t *r, uint32_t cap_accounts,
-                     uint32_t cap_rules, snapfile_info_t *info, char *reason, size_t reasonlen)
+                     uint32_t cap_rules, uint32_t cap_users, snapfile_info_t *info, char *reason,
+                     size_t reasonlen)
 {
 	load_ctx_t c = {m, r};
-	snapfile_sink_t sink = {load_account, load_rule, &c};
+	snapfile_sink_t sink = {load_account, load_rule, load_user, &c};
 
-	return snapfile_read(path, cap_accounts, cap_rules, &sink, info, reason, reasonlen);
+	return snapfile_read(path, cap_accounts, cap_rules, cap_users, &sink, info, reason, reasonlen);
 }

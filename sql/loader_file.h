@@ -13,7 +13,7 @@
 #include "sql/snapfile.h"
 
 /*
- * Write every account and rule of m (host names from r) to path. Blocks
+ * Write every account, rule and SIP user of m (host names from r) to path. Blocks
  * on the disk: the loader calls it in a child it forked, or at exit.
  * Returns 0, or -1 with errno.
  */
@@ -27,6 +27,7 @@ int loader_file_save(const char *path, const snap_model_t *m, const resolve_t *r
  * must be emptied by the caller.
  */
 int loader_file_load(const char *path, snap_model_t *m, resolve_t *r, uint32_t cap_accounts,
-                     uint32_t cap_rules, snapfile_info_t *info, char *reason, size_t reasonlen);
+                     uint32_t cap_rules, uint32_t cap_users, snapfile_info_t *info, char *reason,
+                     size_t reasonlen);
 
 #endif

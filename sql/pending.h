@@ -13,6 +13,7 @@
 enum pending_table {
 	PENDING_ACCOUNTS,
 	PENDING_RULES,
+	PENDING_USERS, /* sip_users */
 	PENDING_NTABLES,
 };
 

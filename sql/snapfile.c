@@ -15,11 +15,16 @@
  *    16  u64 saved_ms, u64 built_ms (wall clock)
  *    32  u64 accounts, u64 rules
  *    48  u64 bytes of records
- *    56  u64 zero (reserved)
- *   records: the accounts, then the rules
+ *    56  u64 users
+ *   records: the accounts, then the rules, then the users
  *     account: i64 id, u32 max_channels, u32 max_cps, u8 active, u8 name_len, name
  *     rule:    i64 id, i64 account_id, u16 port, u8 active, u8 direction,
  *              u8 nranges, u8 prefix_len, u8 host_len, prefix, host, ranges
+ *     user:    i64 id, i64 account_id, u8 active, u8 restrict_sources,
+ *              u8 nranges, u8 ha1_set, u8 username_len, u8 domain_len,
+ *              username, domain, the HA1 values ha1_set names (bit 0 md5,
+ *              1 sha256, 2 md5 full, 3 sha256 full; 16 or 32 bytes each,
+ *              binary, in bit order), ranges
  *     range:   u8 4, u32 first, u32 last   or   u8 6, 2 x (u64 hi, u64 lo)
  *   trailer: u64 checksum = H(header || H(records))
  *
@@ -57,8 +62,16 @@
 
 #define ACCOUNT_MIN 18 /* bytes of an account record with an empty name */
 #define RULE_MIN    23 /* bytes of a rule record with no prefix, host or range */
+#define USER_MIN    22 /* bytes of a user record with no name, domain, HA1 or range */
 #define RANGE_MAX   33 /* bytes of an IPv6 range */
 #define RECORD_MAX  (RULE_MIN + SNAPFILE_PREFIX_MAX + SNAPFILE_HOST_MAX + SNAPFILE_MAX_RANGES * RANGE_MAX)
+#define USER_HA1S   4 /* md5, sha256, md5 full, sha256 full */
+#define USER_RECORD_MAX                                                                                      \
+	(USER_MIN + SNAPFILE_USER_MAX + SNAPFILE_DOMAIN_MAX + 2 * (16 + 32) +                                \
+	 SNAPFILE_USER_RANGES * RANGE_MAX)
+
+/* Bytes of each HA1 of a user, in ha1_set bit order. */
+static const unsigned ha1_bytes[USER_HA1S] = {16, 32, 16, 32};
 
 #define V4_MAPPED 0x0000ffff00000000ULL
 
@@ -145,7 +158,7 @@ static uint64_t file_checksum(const uint8_t *header, uint64_t records_hash)
 struct snapfile_writer {
 	int fd;
 	uint64_t built_ms;
-	uint64_t naccounts, nrules;
+	uint64_t naccounts, nrules, nusers;
 	uint64_t records; /* bytes written or buffered after the header */
 	fhash_t hash;     /* of the records flushed so far */
 	size_t used;      /* bytes in buf */
@@ -237,8 +250,8 @@ int snapfile_put_account(snapfile_writer_t *w, const snapfile_account_t *a)
 	uint8_t rec[ACCOUNT_MIN + SNAPFILE_NAME_MAX];
 	int len = text_len(a->name, SNAPFILE_NAME_MAX, 0);
 
-	/* Accounts first: a reader puts rules only into accounts it already has. */
-	if (len < 0 || w->nrules > 0) {
+	/* Accounts first: a reader puts rules and users only into accounts it already has. */
+	if (len < 0 || w->nrules > 0 || w->nusers > 0) {
 		errno = EINVAL;
 		return -1;
 	}
@@ -283,7 +296,7 @@ int snapfile_put_rule(snapfile_writer_t *w, const snapfile_rule_t *r)
 	size_t n = RULE_MIN;
 
 	if (plen < 0 || hlen < 0 || r->nranges > SNAPFILE_MAX_RANGES || (r->nranges == 0 && hlen == 0) ||
-	    r->direction < 1 || r->direction > 3) {
+	    r->direction < 1 || r->direction > 3 || w->nusers > 0) {
 		errno = EINVAL;
 		return -1;
 	}
@@ -312,6 +325,79 @@ int snapfile_put_rule(snapfile_writer_t *w, const snapfile_rule_t *r)
 	return put(w, rec, n);
 }
 
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* hex of exactly 2 * n digits into n bytes at p; 0, or -1 when it is not that. */
+static int hex_decode(uint8_t *p, const char *hex, unsigned n)
+{
+	if (strlen(hex) != 2 * (size_t)n)
+		return -1;
+	for (unsigned i = 0; i < n; i++) {
+		int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return -1;
+		p[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+int snapfile_put_user(snapfile_writer_t *w, const snapfile_user_t *u)
+{
+	const char *ha1[USER_HA1S] = {u->ha1_md5, u->ha1_sha256, u->ha1_md5_full, u->ha1_sha256_full};
+	uint8_t rec[USER_RECORD_MAX], set = 0;
+	int ulen = text_len(u->username, SNAPFILE_USER_MAX, 0);
+	int dlen = text_len(u->domain, SNAPFILE_DOMAIN_MAX, 1);
+	size_t n = USER_MIN;
+
+	if (ulen < 0 || dlen < 0 || u->nranges > SNAPFILE_USER_RANGES) {
+		errno = EINVAL;
+		return -1;
+	}
+	memcpy(rec + n, u->username, (size_t)ulen);
+	n += (size_t)ulen;
+	memcpy(rec + n, u->domain, (size_t)dlen);
+	n += (size_t)dlen;
+	for (int i = 0; i < USER_HA1S; i++) {
+		if (ha1[i] == NULL || ha1[i][0] == '\0')
+			continue;
+		if (hex_decode(rec + n, ha1[i], ha1_bytes[i]) < 0) {
+			errno = EINVAL;
+			return -1;
+		}
+		set |= (uint8_t)(1u << i);
+		n += ha1_bytes[i];
+	}
+	for (unsigned i = 0; i < u->nranges; i++) {
+		size_t len = range_encode(rec + n, &u->ranges[i]);
+
+		if (len == 0) {
+			errno = EINVAL;
+			return -1;
+		}
+		n += len;
+	}
+	le_put(rec, (uint64_t)u->id, 8);
+	le_put(rec + 8, (uint64_t)u->account_id, 8);
+	rec[16] = u->active ? 1 : 0;
+	rec[17] = u->restrict_sources ? 1 : 0;
+	rec[18] = (uint8_t)u->nranges;
+	rec[19] = set;
+	rec[20] = (uint8_t)ulen;
+	rec[21] = (uint8_t)dlen;
+	w->nusers++;
+	return put(w, rec, n);
+}
+
 static void header_encode(uint8_t *h, const snapfile_writer_t *w, uint64_t saved_ms)
 {
 	memset(h, 0, SNAPFILE_HEADER);
@@ -323,6 +409,7 @@ static void header_encode(uint8_t *h, const snapfile_writer_t *w, uint64_t saved
 	le_put(h + 32, w->naccounts, 8);
 	le_put(h + 40, w->nrules, 8);
 	le_put(h + 48, w->records, 8);
+	le_put(h + 56, w->nusers, 8);
 }
 
 /*
@@ -376,6 +463,7 @@ int snapfile_commit(snapfile_writer_t *w, snapfile_info_t *info)
 		info->built_ms = w->built_ms;
 		info->naccounts = w->naccounts;
 		info->nrules = w->nrules;
+		info->nusers = w->nusers;
 		info->bytes = SNAPFILE_HEADER + w->records + SNAPFILE_TRAILER;
 	}
 	free(w);
@@ -535,6 +623,54 @@ static const char *take_rule(cursor_t *c, const snapfile_sink_t *sink)
 	return sink != NULL ? sink->rule(sink->arg, &r) : NULL;
 }
 
+static const char *take_user(cursor_t *c, const snapfile_sink_t *sink)
+{
+	static const char digits[] = "0123456789abcdef";
+	char username[SNAPFILE_USER_MAX + 1], domain[SNAPFILE_DOMAIN_MAX + 1];
+	char ha1[USER_HA1S][65];
+	tg_range_t ranges[SNAPFILE_USER_RANGES];
+	snapfile_user_t u;
+	unsigned active, restrict_sources, set, ulen, dlen;
+	const char *why;
+
+	u.id = (int64_t)take(c, 8);
+	u.account_id = (int64_t)take(c, 8);
+	active = (unsigned)take(c, 1);
+	restrict_sources = (unsigned)take(c, 1);
+	u.nranges = (unsigned)take(c, 1);
+	set = (unsigned)take(c, 1);
+	ulen = (unsigned)take(c, 1);
+	dlen = (unsigned)take(c, 1);
+	if (active > 1 || restrict_sources > 1 || u.nranges > SNAPFILE_USER_RANGES ||
+	    set >= 1u << USER_HA1S || ulen == 0 || ulen > SNAPFILE_USER_MAX || dlen > SNAPFILE_DOMAIN_MAX)
+		return "bad field";
+	if (take_text(c, username, ulen) < 0 || take_text(c, domain, dlen) < 0)
+		return "bad text";
+	for (int i = 0; i < USER_HA1S; i++) {
+		ha1[i][0] = '\0';
+		for (unsigned k = 0; (set & (1u << i)) && k < ha1_bytes[i]; k++) {
+			unsigned b = (unsigned)take(c, 1);
+
+			ha1[i][2 * k] = digits[b >> 4];
+			ha1[i][2 * k + 1] = digits[b & 15];
+			ha1[i][2 * k + 2] = '\0';
+		}
+	}
+	for (unsigned i = 0; i < u.nranges; i++)
+		if ((why = take_range(c, &ranges[i])) != NULL)
+			return why;
+	u.active = (int)active;
+	u.restrict_sources = (int)restrict_sources;
+	u.username = username;
+	u.domain = domain;
+	u.ha1_md5 = ha1[0];
+	u.ha1_sha256 = ha1[1];
+	u.ha1_md5_full = ha1[2];
+	u.ha1_sha256_full = ha1[3];
+	u.ranges = ranges;
+	return sink != NULL ? sink->user(sink->arg, &u) : NULL;
+}
+
 typedef struct file_view {
 	const uint8_t *data;
 	size_t size;
@@ -555,7 +691,8 @@ static int refuse(char *reason, size_t len, const char *fmt, ...)
 }
 
 /* Everything but the records' contents. */
-static int check_header(file_view_t *v, uint64_t max_accounts, uint64_t max_rules, char *reason, size_t len)
+static int check_header(file_view_t *v, uint64_t max_accounts, uint64_t max_rules, uint64_t max_users,
+                        char *reason, size_t len)
 {
 	const uint8_t *h = v->data;
 	uint32_t version, layout;
@@ -579,24 +716,29 @@ static int check_header(file_view_t *v, uint64_t max_accounts, uint64_t max_rule
 	v->info.naccounts = le64_get(h + 32);
 	v->info.nrules = le64_get(h + 40);
 	v->records = le64_get(h + 48);
+	v->info.nusers = le64_get(h + 56);
 	v->info.bytes = v->size;
 	if (v->records > v->size || v->records + SNAPFILE_HEADER + SNAPFILE_TRAILER != v->size)
 		return refuse(reason, len, "truncated or padded: %zu bytes, the header says %llu", v->size,
 		              (unsigned long long)(v->records + SNAPFILE_HEADER + SNAPFILE_TRAILER));
 	/* Counts the size cannot hold are refused before hashing a byte of them. */
-	if (le64_get(h + 56) != 0 || v->info.naccounts > v->records / ACCOUNT_MIN ||
-	    v->info.nrules > v->records / RULE_MIN)
-		return refuse(reason, len, "absurd header: %llu accounts, %llu rules in %llu bytes",
+	if (v->info.naccounts > v->records / ACCOUNT_MIN || v->info.nrules > v->records / RULE_MIN ||
+	    v->info.nusers > v->records / USER_MIN)
+		return refuse(reason, len,
+		              "absurd header: %llu accounts, %llu rules, %llu users in %llu bytes",
 		              (unsigned long long)v->info.naccounts, (unsigned long long)v->info.nrules,
-		              (unsigned long long)v->records);
+		              (unsigned long long)v->info.nusers, (unsigned long long)v->records);
 	fh_init(&s);
 	fh_update(&s, h + SNAPFILE_HEADER, v->records);
 	if (file_checksum(h, fh_final(&s)) != le64_get(h + SNAPFILE_HEADER + v->records))
 		return refuse(reason, len, "checksum mismatch");
-	if (v->info.naccounts > max_accounts || v->info.nrules > max_rules)
-		return refuse(reason, len, "holds %llu accounts and %llu rules, capacity is %llu and %llu",
-		              (unsigned long long)v->info.naccounts, (unsigned long long)v->info.nrules,
-		              (unsigned long long)max_accounts, (unsigned long long)max_rules);
+	if (v->info.naccounts > max_accounts || v->info.nrules > max_rules || v->info.nusers > max_users)
+		return refuse(
+		        reason, len,
+		        "holds %llu accounts, %llu rules and %llu users, capacity is %llu, %llu and %llu",
+		        (unsigned long long)v->info.naccounts, (unsigned long long)v->info.nrules,
+		        (unsigned long long)v->info.nusers, (unsigned long long)max_accounts,
+		        (unsigned long long)max_rules, (unsigned long long)max_users);
 	return 0;
 }
 
@@ -617,13 +759,18 @@ static int walk(const file_view_t *v, const snapfile_sink_t *sink, char *reason,
 	if (why != NULL || c.short_read)
 		return refuse(reason, len, "rule record %llu: %s", (unsigned long long)i,
 		              why != NULL ? why : "truncated");
+	for (i = 0; i < v->info.nusers && why == NULL; i++)
+		why = take_user(&c, sink);
+	if (why != NULL || c.short_read)
+		return refuse(reason, len, "user record %llu: %s", (unsigned long long)i,
+		              why != NULL ? why : "truncated");
 	if (c.p != c.end)
 		return refuse(reason, len, "%zu bytes after the last record", (size_t)(c.end - c.p));
 	return 0;
 }
 
-int snapfile_read(const char *path, uint64_t max_accounts, uint64_t max_rules, const snapfile_sink_t *sink,
-                  snapfile_info_t *info, char *reason, size_t reasonlen)
+int snapfile_read(const char *path, uint64_t max_accounts, uint64_t max_rules, uint64_t max_users,
+                  const snapfile_sink_t *sink, snapfile_info_t *info, char *reason, size_t reasonlen)
 {
 	file_view_t v = {0};
 	struct stat st;
@@ -652,7 +799,7 @@ int snapfile_read(const char *path, uint64_t max_accounts, uint64_t max_rules, c
 	}
 	v.data = map;
 	v.size = (size_t)st.st_size;
-	rc = check_header(&v, max_accounts, max_rules, reason, reasonlen);
+	rc = check_header(&v, max_accounts, max_rules, max_users, reason, reasonlen);
 	/* Check every record before the sink sees the first: a bad file changes nothing. */
 	if (rc == 0)
 		rc = walk(&v, NULL, reason, reasonlen);

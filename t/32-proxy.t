@@ -20,7 +20,8 @@ Tollgate::need_pg();
 my $t = Tollgate->new;
 my $pg = Tollgate::PG->new($t);
 my $acme = $pg->add_account('acme');
-$pg->add_rule($acme, '127.0.0.21');
+# both directions: the softswitch also opens requests towards this customer below
+$pg->add_rule($acme, '127.0.0.21', direction => 'both');
 
 $t->write_config(<<'EOF');
 listen:
@@ -223,6 +224,15 @@ $untrusted->send($opt3);
 $r = $untrusted->wait_response(call_id => $opt3->header('call-id'), timeout => 2);
 is($r && $r->status, 403, 'the same from untrusted, unprovisioned 127.0.0.12: 403');
 is($cust->recv(timeout => 0.3), undef, '... and the customer got nothing');
+
+# --- egress: the softswitch opens nothing towards an address no egress rule covers
+
+my $opt4 = $ss->build(method => 'OPTIONS', uri => 'sip:nobody@127.0.0.13:' . Tollgate::free_port(),
+    headers => [ [ Route => "<sip:$tg;lr>" ] ]);
+$ss->send($opt4);
+$r = $ss->wait_response(call_id => $opt4->header('call-id'), timeout => 2);
+is($r && $r->status, 403, 'OPTIONS from the softswitch to an address no rule covers: 403');
+ok($t->wait_log(qr/"event":"request_refused".*"reason":"egress_denied"/, 2), '... logged as egress_denied');
 
 # --- a request that has been through tollgate already -------------------------
 

@@ -17,7 +17,8 @@ Tollgate::need_pg();
 my $t = Tollgate->new;
 my $pg = Tollgate::PG->new($t);
 my $acme = $pg->add_account('acme');
-$pg->add_rule($acme, '127.0.0.21');
+# both: the softswitch also sends this customer an OPTIONS below
+$pg->add_rule($acme, '127.0.0.21', direction => 'both');
 
 $t->write_config(<<'EOF');
 listen:

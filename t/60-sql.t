@@ -1,8 +1,10 @@
 #!/usr/bin/perl
 # sql/install.sql: the provisioning schema operators run by hand.
-# Installing twice changes nothing; bad addresses are refused with a
-# message and store nothing; every documented notation is accepted;
-# deleting an account deletes its rules.
+# Installing twice changes nothing; a database an older release installed
+# (version 2) is upgraded to the very schema a fresh install makes, keeping
+# its rows; a database a newer release upgraded is refused; bad addresses
+# are refused with a message and store nothing; every documented notation
+# is accepted; deleting an account deletes its rules.
 
 use strict;
 use warnings;
@@ -18,7 +20,7 @@ my $pg = Tollgate::PG->new($t);	# runs sql/install.sql once
 
 my $version = $pg->psql('select version from tollgate.schema_version');
 like($version, qr/^\d+$/, "schema_version holds one version ($version)");
-cmp_ok($version, '>=', 1, 'schema is installed');
+is($version, 3, 'a fresh install is at version 3 (SIP users), the version the loader reads');
 
 # --- install.sql twice is a no-op -----------------------------------------
 
@@ -27,8 +29,9 @@ $pg->add_rule($acct, '198.51.100.7');
 
 my $pg_dump = Tollgate::PG::bindir() . '/pg_dump';
 sub schema_dump {
+	my ($db) = @_;
 	my ($rc, $out, $err) = Tollgate::run_cmd([ $pg_dump, '-s', '-n', 'tollgate',
-	    '-h', $pg->socket_dir, '-p', $pg->port, '-U', 'postgres', 'tollgate' ]);
+	    '-h', $pg->socket_dir, '-p', $pg->port, '-U', 'postgres', $db // 'tollgate' ]);
 	die "pg_dump: $err" if $rc;
 	# pg_dump 15.14+ wraps the dump in \restrict KEY with a random key
 	$out =~ s/^\\(?:un)?restrict .*$//mg;
@@ -47,6 +50,41 @@ is($pg->psql('select a.name, r.address, r.id from tollgate.accounts a '
     'second run keeps the provisioned rows');
 is($pg->psql('select version from tollgate.schema_version'), $version, 'version unchanged');
 is($pg->psql('select count(*) from tollgate.schema_version'), 1, 'still one version row');
+
+# --- upgrade from version 2 ---------------------------------------------------
+
+$pg->psql('create database upgrade');
+$pg->install_upto(2, dbname => 'upgrade');
+my %up = (dbname => 'upgrade');
+is($pg->psql('select version from tollgate.schema_version', %up), 2, 'a version 2 database, as the last release left it');
+is($pg->psql("select to_regclass('tollgate.sip_users') is null", %up), 't', '... without sip_users');
+$pg->psql("insert into tollgate.accounts (name, max_channels) values ('old', 7);\n"
+    . "insert into tollgate.ip_rules (account_id, address, port) select id, '192.0.2.0/24', 5060 "
+    . "from tollgate.accounts where name = 'old'", %up);
+my $rows_v2 = $pg->psql('select a.id, a.name, a.max_channels, r.id, r.address, r.port, r.addr_first '
+    . 'from tollgate.accounts a join tollgate.ip_rules r on r.account_id = a.id', %up);
+($rc, $out, $err) = $pg->psql_try(undef, file => Tollgate::repo_dir() . '/sql/install.sql', %up);
+is($rc, 0, 'install.sql upgrades it') or diag $err;
+like($out, qr/tollgate schema at version 3/, '... and says the version reached');
+is($pg->psql('select version from tollgate.schema_version', %up), 3, '... to version 3');
+is($pg->psql('select a.id, a.name, a.max_channels, r.id, r.address, r.port, r.addr_first '
+    . 'from tollgate.accounts a join tollgate.ip_rules r on r.account_id = a.id', %up), $rows_v2,
+    '... keeping its accounts and rules');
+is($pg->psql("select value from tollgate.settings where key = 'digest_realm'", %up), 'tollgate',
+    '... with the default digest_realm');
+is($pg->psql('select count(*) from tollgate.sip_users', %up), 0, '... and no SIP users yet');
+is(schema_dump('upgrade'), schema_dump('tollgate'), 'the upgraded schema is the one a fresh install makes');
+($rc, $out, $err) = $pg->psql_try(undef, file => Tollgate::repo_dir() . '/sql/install.sql', %up);
+is($rc, 0, 'install.sql again on the upgraded database: a no-op') or diag $err;
+
+# --- a newer database is refused ------------------------------------------------
+
+$pg->psql('update tollgate.schema_version set version = 4', %up);
+($rc, $out, $err) = $pg->psql_try(undef, file => Tollgate::repo_dir() . '/sql/install.sql', %up);
+isnt($rc, 0, 'install.sql refuses a database at version 4');
+like($err, qr/tollgate schema is at version 4, newer than this install.sql knows \(version 3\)/,
+    '... saying why');
+is($pg->psql('select version from tollgate.schema_version', %up), 4, '... and changes nothing');
 
 # --- addresses ------------------------------------------------------------
 

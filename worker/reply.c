@@ -56,6 +56,12 @@ static int copy_headers(worker_t *w, osip_message_t *req, osip_message_t *resp, 
 
 void reply_send(worker_t *w, const pkt_t *p, osip_message_t *req, int code, const char *reason)
 {
+	reply_send_headers(w, p, req, code, reason, NULL, NULL, 0);
+}
+
+void reply_send_headers(worker_t *w, const pkt_t *p, osip_message_t *req, int code, const char *reason,
+                        const char *const *names, const char *const *values, int n)
+{
 	osip_message_t *resp = NULL;
 	char *out = NULL;
 	size_t outlen = 0;
@@ -66,6 +72,8 @@ void reply_send(worker_t *w, const pkt_t *p, osip_message_t *req, int code, cons
 	osip_message_set_status_code(resp, code);
 	osip_message_set_reason_phrase(resp, osip_strdup(reason));
 	if (copy_headers(w, req, resp, code) == 0) {
+		for (int i = 0; i < n; i++)
+			osip_message_set_header(resp, names[i], values[i]);
 		osip_message_set_header(resp, "Server", w->c->cfg.server_name);
 		osip_message_set_content_length(resp, "0");
 		if (osip_message_to_str(resp, &out, &outlen) == 0 && out != NULL)

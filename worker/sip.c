@@ -22,6 +22,7 @@
 
 #include "lib/log.h"
 #include "lib/siphash.h"
+#include "worker/auth.h"
 #include "worker/worker.h"
 
 #define BRANCH_PREFIX        "z9hG4bKtg"
@@ -73,6 +74,16 @@ static int has_to_tag(osip_message_t *msg)
 	osip_generic_param_t *tag = NULL;
 
 	return msg->to != NULL && osip_to_get_tag(msg->to, &tag) == 0 && tag != NULL && tag->gvalue != NULL;
+}
+
+/* The tag of a From or To, or NULL. */
+static const char *tag_of(osip_from_t *f)
+{
+	osip_generic_param_t *tag = NULL;
+
+	if (f == NULL || osip_from_get_tag(f, &tag) != 0 || tag == NULL)
+		return NULL;
+	return tag->gvalue;
 }
 
 /* Branch = prefix + keyed hash of what a response and a CANCEL or non-2xx ACK repeat from the request. */
@@ -152,12 +163,14 @@ static int add_via(worker_t *w, osip_message_t *msg, int out_lidx)
 	return 0;
 }
 
-static int add_record_route(worker_t *w, osip_message_t *msg, int lidx)
+/* Record-Route naming a listener; user (a route token, auth.h) may be NULL. */
+static int add_record_route(worker_t *w, osip_message_t *msg, int lidx, const char *user)
 {
 	char v[256];
 	osip_record_route_t *rr = NULL;
 
-	snprintf(v, sizeof(v), "<sip:%s;lr>", w->c->cfg.listen[lidx].advertise);
+	snprintf(v, sizeof(v), "<sip:%s%s%s;lr>", user ? user : "", user ? "@" : "",
+	         w->c->cfg.listen[lidx].advertise);
 	if (osip_record_route_init(&rr) != 0)
 		return -1;
 	if (osip_record_route_parse(rr, v) != 0) {
@@ -166,6 +179,26 @@ static int add_record_route(worker_t *w, osip_message_t *msg, int lidx)
 	}
 	osip_list_add(&msg->record_routes, rr, 0);
 	return 0;
+}
+
+/*
+ * RFC 3327: a Path on top naming the listener that faces the registrar,
+ * with a path token for where the REGISTER came from, so requests to the
+ * registered contact come back through us and on to that address.
+ */
+static void add_path(worker_t *w, const pkt_t *p, osip_message_t *msg, int lidx, int64_t account_id)
+{
+	char token[AUTH_TOKEN_LEN + 1], v[256];
+	osip_header_t *h = NULL;
+
+	if (auth_token_make(w, 'P', &p->src_ip, p->src_port, account_id, NULL, NULL, token, sizeof token) < 0)
+		return;
+	snprintf(v, sizeof v, "<sip:%s@%s;lr>", token, w->c->cfg.listen[lidx].advertise);
+	if (osip_header_init(&h) != 0)
+		return;
+	h->hname = osip_strdup("Path");
+	h->hvalue = osip_strdup(v);
+	osip_list_add(&msg->headers, h, 0);
 }
 
 /* Host of a URI or Via as a socket address; numeric only (no DNS on the SIP path). */
@@ -227,12 +260,19 @@ static int uri_is_ours(const worker_t *w, const osip_uri_t *uri)
 	return 0;
 }
 
-/* Loose routing (RFC 3261 16.4): drop the Route entries that name us (two when we double-record-routed). */
-static void pop_our_routes(worker_t *w, osip_message_t *msg)
+/*
+ * Loose routing (RFC 3261 16.4): drop the Route entries that name us (two
+ * when we double-record-routed). The first user part found among them (a
+ * route token, when we minted it) is copied into token ("" when none).
+ */
+static void pop_our_routes(worker_t *w, osip_message_t *msg, char *token, size_t toklen)
 {
 	osip_route_t *r = NULL;
 
+	token[0] = '\0';
 	while (osip_message_get_route(msg, 0, &r) == 0 && r != NULL && uri_is_ours(w, r->url)) {
+		if (token[0] == '\0' && r->url->username != NULL && strlen(r->url->username) < toklen)
+			snprintf(token, toklen, "%s", r->url->username);
 		osip_list_remove(&msg->routes, 0);
 		osip_route_free(r);
 		r = NULL;
@@ -343,9 +383,13 @@ static const char *request_insane(osip_message_t *msg)
 	return NULL;
 }
 
-/* Send a request on, from the listener facing dst; adds our Via and, for a new dialog, Record-Route. */
+/*
+ * Send a request on, from the listener facing dst; adds our Via and, for
+ * a new dialog, Record-Route (rr_user: a route token for its user part,
+ * or NULL). path_account >= 0 adds a Path (REGISTER) for that account.
+ */
 static void forward_request(worker_t *w, const pkt_t *p, osip_message_t *msg, const struct sockaddr *dst,
-                            socklen_t dstlen, const char *account)
+                            socklen_t dstlen, const char *account, const char *rr_user, int64_t path_account)
 {
 	int m = sip_method_index(msg->sip_method);
 	int out = worker_pick_listener(w, p->lidx, dst->sa_family);
@@ -360,10 +404,12 @@ static void forward_request(worker_t *w, const pkt_t *p, osip_message_t *msg, co
 	stamp_received(p, top);
 	if (initial && !MSG_IS_REGISTER(msg) && !MSG_IS_ACK(msg) && !MSG_IS_CANCEL(msg)) {
 		/* double Record-Route when the two sides reach us on different listeners (e.g. v4 and v6) */
-		add_record_route(w, msg, p->lidx);
+		add_record_route(w, msg, p->lidx, rr_user);
 		if (out != p->lidx)
-			add_record_route(w, msg, out);
+			add_record_route(w, msg, out, rr_user);
 	}
+	if (initial && MSG_IS_REGISTER(msg) && path_account >= 0)
+		add_path(w, p, msg, out, path_account);
 	if (add_via(w, msg, out) < 0 || serialize_and_send(w, msg, out, dst, dstlen) < 0) {
 		worker_count(w, m, SHM_O_DROPPED);
 		return;
@@ -378,12 +424,82 @@ static void forward_request(worker_t *w, const pkt_t *p, osip_message_t *msg, co
 		       "src=%s method=%s call_id=%s", p->srcstr, msg->sip_method, sip_call_id(msg));
 }
 
+/* What a customer said about who it is goes: only tollgate names the account and the user. */
+static void strip_identity(worker_t *w, osip_message_t *msg)
+{
+	remove_header(msg, w->c->cfg.account_header);
+	remove_header(msg, w->c->cfg.user_header);
+}
+
+static void to_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg, const char *account,
+                          const char *rr_user, int64_t path_account)
+{
+	const tg_config_t *cfg = &w->c->cfg;
+
+	forward_request(w, p, msg, (const struct sockaddr *)&cfg->downstream, cfg->downstream_len, account,
+	                rr_user, path_account);
+}
+
+/*
+ * A source no IP rule covers, with digest on: a dialog our token vouches
+ * for, an ACK or CANCEL (which cannot be challenged), or digest.
+ */
+static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const char *token)
+{
+	const tg_config_t *cfg = &w->c->cfg;
+	int initial = !has_to_tag(msg);
+	auth_token_t t;
+	auth_id_t id;
+	char rr[AUTH_TOKEN_LEN + 1];
+
+	strip_identity(w, msg);
+	/*
+	 * The token names the caller's address: its requests must come from
+	 * that address still (any port: a NAT may rebind the port), so a
+	 * token seen on the wire is no use to anyone else.
+	 */
+	if (!initial && token[0] != '\0' &&
+	    auth_token_check(w, token, sip_call_id(msg), tag_of(msg->from), tag_of(msg->to), &t) == 0 &&
+	    t.kind == 'D' && tg_ip_cmp(&t.ip, &p->src_ip) == 0) {
+		/* in a dialog that passed digest (or reached a registered device): no credentials asked */
+		atomic_fetch_add_explicit(&w->stats->digest[SHM_D_DIALOG], 1, memory_order_relaxed);
+		to_downstream(w, p, msg, NULL, NULL, -1);
+		return;
+	}
+	if (MSG_IS_ACK(msg)) {
+		/* the ACK of our own 401/407, or of a dialog we know nothing of: absorbed */
+		worker_count(w, SHM_M_ACK, SHM_O_DROPPED);
+		return;
+	}
+	if (MSG_IS_CANCEL(msg) && initial) {
+		/*
+		 * A CANCEL cannot be challenged (RFC 3261 22.1). It reaches the
+		 * softswitch with our branch, which covers the address it came
+		 * from: it matches only an INVITE that came from there too.
+		 */
+		to_downstream(w, p, msg, NULL, NULL, -1);
+		return;
+	}
+	if (auth_digest(w, p, msg, &id) != AUTH_PASS)
+		return;
+	osip_message_set_header(msg, cfg->account_header, id.account->name);
+	osip_message_set_header(msg, cfg->user_header, id.user_name);
+	rr[0] = '\0';
+	if (initial && auth_token_make(w, 'D', &p->src_ip, p->src_port, id.account->id, sip_call_id(msg),
+	                               tag_of(msg->from), rr, sizeof rr) < 0)
+		rr[0] = '\0';
+	tg_log(TG_LOG_DEBUG, 0, "digest_accepted", "src=%s method=%s call_id=%s account=%s user=%s",
+	       p->srcstr, msg->sip_method, sip_call_id(msg), id.account->name, id.user_name);
+	to_downstream(w, p, msg, id.account->name, rr[0] ? rr : NULL, id.account->id);
+}
+
 /* Customer to softswitch. */
 static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 {
 	const tg_config_t *cfg = &w->c->cfg;
 	snap_match_t mt = {0};
 	const char *user;
+	char token[AUTH_TOKEN_LEN + 8];
 	int initial = !has_to_tag(msg);
 	int r;
 
@@ -391,10 +507,19 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		refuse(w, p, msg, SHM_R_NO_PROVISIONING, 403, "Forbidden", NULL);
 		return;
 	}
-	/* in-dialog requests carry the far end's Contact, not the dialled number: no tech prefix there */
+	/*
+	 * In-dialog requests carry the far end's Contact, not the dialled
+	 * number: no tech prefix there; and either side of a dialog may send
+	 * them, so a rule of either direction will do.
+	 */
 	user = initial ? (msg->req_uri->username ? msg->req_uri->username : "") : NULL;
-	r = snap_lookup(&w->snap, &p->src_ip, p->src_port, user, user ? strlen(user) : 0, SNAP_DIR_INGRESS,
-	                &mt);
+	r = snap_lookup(&w->snap, &p->src_ip, p->src_port, user, user ? strlen(user) : 0,
+	                initial ? SNAP_DIR_INGRESS : SNAP_DIR_BOTH, &mt);
+	pop_our_routes(w, msg, token, sizeof token);
+	if (r == SNAP_NO_ADDRESS && cfg->digest_realm[0] != '\0') {
+		from_digest(w, p, msg, token);
+		return;
+	}
 	if (r == SNAP_NO_ADDRESS) {
 		refuse(w, p, msg, SHM_R_UNKNOWN_SOURCE, 403, "Forbidden", NULL);
 		return;
@@ -411,9 +536,7 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		char *u = msg->req_uri->username;
 		memmove(u, u + mt.rule->prefix_len, strlen(u + mt.rule->prefix_len) + 1);
 	}
-	pop_our_routes(w, msg);
-	/* no customer can claim another's account: whatever it sent under our header name goes */
-	remove_header(msg, cfg->account_header);
+	strip_identity(w, msg);
 	/*
 	 * Without the dialled number (a To tag says in-dialog) a rule with a tech
 	 * prefix cannot tell accounts sharing the address apart, and a To tag is
@@ -421,19 +544,65 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	 */
 	if (initial || mt.rule->prefix_len == 0)
 		osip_message_set_header(msg, cfg->account_header, mt.account->name);
-	forward_request(w, p, msg, (const struct sockaddr *)&cfg->downstream, cfg->downstream_len,
-	                mt.account->name);
+	to_downstream(w, p, msg, mt.account->name, NULL, mt.account->id);
 }
 
-/* Softswitch to customer: the next hop is the top Route left after ours, else the Request-URI. */
+/*
+ * May the softswitch open something towards dst? Only towards an address
+ * an active egress (or both) rule covers, so an ingress-only customer is
+ * never sent calls and tollgate relays nowhere else. Returns 0 or refuses.
+ */
+static int egress_allowed(worker_t *w, const pkt_t *p, osip_message_t *msg,
+                          const struct sockaddr_storage *dst)
+{
+	snap_match_t mt = {0};
+	tg_ip_t ip;
+	uint16_t port;
+	int r;
+
+	if (w->snap.head == NULL) {
+		refuse(w, p, msg, SHM_R_NO_PROVISIONING, 403, "Forbidden", NULL);
+		return -1;
+	}
+	if (tg_ip_from_sockaddr((const struct sockaddr *)dst, &ip, &port) < 0)
+		return -1;
+	r = snap_lookup(&w->snap, &ip, port, NULL, 0, SNAP_DIR_EGRESS, &mt);
+	if (r == SNAP_MATCH)
+		return 0;
+	/* an inactive account's rule allows nothing: still egress_denied, naming the account */
+	refuse(w, p, msg, SHM_R_EGRESS_DENIED, 403, "Forbidden",
+	       r == SNAP_ACCOUNT_INACTIVE ? mt.account->name : NULL);
+	return -1;
+}
+
+/*
+ * Softswitch to customer: to the address a route token of ours names, else
+ * the top Route left after ours, else the Request-URI.
+ */
 static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 {
 	struct sockaddr_storage dst;
 	socklen_t dstlen;
 	osip_route_t *r = NULL;
 	const osip_uri_t *next;
+	char token[AUTH_TOKEN_LEN + 8], rr[AUTH_TOKEN_LEN + 1];
+	auth_token_t t;
+	int initial = !has_to_tag(msg);
 
-	pop_our_routes(w, msg);
+	pop_our_routes(w, msg, token, sizeof token);
+	remove_header(msg, w->c->cfg.account_header);
+	remove_header(msg, w->c->cfg.user_header);
+	if (token[0] != '\0' &&
+	    auth_token_check(w, token, sip_call_id(msg), tag_of(msg->from), tag_of(msg->to), &t) == 0) {
+		/* a registered device (Path) or a digest dialog: where its requests really come from */
+		tg_ip_to_sockaddr(&t.ip, t.port, &dst, &dstlen);
+		rr[0] = '\0';
+		if (initial && auth_token_make(w, 'D', &t.ip, t.port, t.account_id, sip_call_id(msg),
+		                               tag_of(msg->from), rr, sizeof rr) < 0)
+			rr[0] = '\0';
+		forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL, rr[0] ? rr : NULL, -1);
+		return;
+	}
 	next = (osip_message_get_route(msg, 0, &r) == 0 && r != NULL) ? r->url : msg->req_uri;
 	if (next == msg->req_uri && uri_is_ours(w, next)) {
 		if (MSG_IS_OPTIONS(msg)) {
@@ -453,8 +622,10 @@ static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		refuse(w, p, msg, SHM_R_LOOP, 482, "Loop Detected", NULL);
 		return;
 	}
-	remove_header(msg, w->c->cfg.account_header);
-	forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL);
+	/* in-dialog requests follow the dialog; an ACK or CANCEL follows its INVITE */
+	if (initial && !MSG_IS_ACK(msg) && !MSG_IS_CANCEL(msg) && egress_allowed(w, p, msg, &dst) < 0)
+		return;
+	forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL, NULL, -1);
 }
 
 static int source_trusted(const worker_t *w, const pkt_t *p)

@@ -44,6 +44,9 @@ void sip_refresh_config(worker_t *w);
 
 /* reply.c: answers made by tollgate itself, sent back to the packet's source. */
 void reply_send(worker_t *w, const pkt_t *p, osip_message_t *req, int code, const char *reason);
+/* The same with extra headers (names[i]: values[i]), e.g. a challenge. */
+void reply_send_headers(worker_t *w, const pkt_t *p, osip_message_t *req, int code, const char *reason,
+                        const char *const *names, const char *const *values, int n);
 /* Parser gave up: answer 400 from the raw header lines when a Via is there, else nothing. Returns 1 if sent.
  */
 int reply_raw_400(worker_t *w, const pkt_t *p, const char *why);

@@ -21,6 +21,7 @@ static char dir[] = "/tmp/tollgate-test-config.XXXXXX";
 static char file[128];
 static char err[1024];
 static tg_config_t cfg;
+static char big_buf[2048];
 
 static void write_file(const char *text)
 {
@@ -233,6 +234,66 @@ static void test_values(void)
 	is_int(cfg.save_interval_ms, 100, "provisioning.save_interval_ms at its minimum");
 	is_int(cfg.dns_refresh_s, 86400, "provisioning.dns_refresh_s at its maximum");
 	is_str(cfg.hosts_file, "", "provisioning.hosts_file \"\" turns it off");
+}
+
+/* digest: off unless a realm is given; the secret file is read at load */
+static void test_digest(void)
+{
+	char path[300];
+	FILE *f;
+	uint8_t zero[32] = {0};
+	int rc;
+
+	rc = load(DS "workers: 2\n");
+	is_int(rc, 0, "no digest section");
+	is_str(cfg.digest_realm, "", "digest off by default");
+	is_int(cfg.nonce_ttl_s, 300, "default digest.nonce_ttl_s");
+	is_str(cfg.user_header, "X-Tollgate-User", "default digest.user_header");
+	is_int(cfg.cap_sip_users, 10000, "default capacity.sip_users");
+	is_int(cfg.cap_nonces, 65536, "default capacity.nonces");
+	is_int(cfg.cap_failures, 65536, "default capacity.failure_sources");
+
+	snprintf(path, sizeof path, "%s/secret", dir);
+	f = fopen(path, "w");
+	fputs("0123456789abcdef0123456789abcdef-shared-by-every-node\n", f);
+	fclose(f);
+	snprintf(big_buf, sizeof big_buf,
+	         DS "digest: { realm: sip.example.net, nonce_ttl_s: 30, user_header: X-User, secret_file: "
+	            "\"%s\" }\n"
+	            "capacity: { sip_users: 5, nonces: 1024, failure_sources: 16 }\n",
+	         path);
+	rc = load(big_buf);
+	is_int(rc, 0, "every digest key set");
+	if (rc)
+		printf("#   %s\n", err);
+	is_str(cfg.digest_realm, "sip.example.net", "digest.realm");
+	is_int(cfg.nonce_ttl_s, 30, "digest.nonce_ttl_s");
+	is_str(cfg.user_header, "X-User", "digest.user_header");
+	ok(cfg.digest_secret_set && memcmp(cfg.digest_secret, zero, sizeof zero) != 0,
+	   "digest.secret_file read");
+	is_int(cfg.cap_sip_users, 5, "capacity.sip_users");
+	is_int(cfg.cap_nonces, 1024, "capacity.nonces");
+	is_int(cfg.cap_failures, 16, "capacity.failure_sources");
+
+	refused(DS "digest: { nonce_ttl_s: 30 }\n", 2, "digest", "realm: required", "digest without a realm");
+	refused(DS "digest: { realm: \"\" }\n", 2, "digest.realm", "bad value: empty", "empty realm");
+	refused(DS "digest: { realm: 'a\"b' }\n", 2, "digest.realm", "bad value: only printable ASCII",
+	        "a quote in the realm");
+	refused(DS "digest: { realm: r, user_header: Via }\n", 2, "digest.user_header",
+	        "bad value: Via is a header the SIP path needs", "user_header Via");
+	refused(DS "digest: { realm: r, secret_file: /nonexistent/secret }\n", 2, "digest.secret_file",
+	        "cannot read /nonexistent/secret", "missing secret file");
+	f = fopen(path, "w");
+	fputs("short\n", f);
+	fclose(f);
+	snprintf(big_buf, sizeof big_buf, DS "digest: { realm: r, secret_file: \"%s\" }\n", path);
+	refused(big_buf, 2, "digest.secret_file", "bad value: ", "a short secret file");
+	ok(strstr(err, "holds 6 bytes, at least 32 are needed") != NULL, "... saying how short");
+	refused(DS "capacity:\n  nonces: 1000\n", 3, "capacity.nonces",
+	        "bad value: 1000 is not a power of two", "capacity.nonces not a power of two");
+	refused(DS "capacity:\n  failure_sources: 8\n", 3, "capacity.failure_sources",
+	        "bad value: 8 is out of range 16..", "capacity.failure_sources below a probe window");
+	unlink(path);
 }
 
 static void test_refusals(void)
@@ -468,6 +529,7 @@ int main(void)
 	test_defaults();
 	test_values();
 	test_refusals();
+	test_digest();
 	test_failure_keeps_config();
 	test_restart_diff();
 	unlink(file);

@@ -26,6 +26,7 @@
 
 #define CAP_ACCOUNTS 64
 #define CAP_RULES    256
+#define CAP_USERS    64
 
 static void make_shm(shm_t *sh)
 {
@@ -63,7 +64,7 @@ static unsigned base_of(shm_t *sh, uint64_t g)
 static void test_compaction_after_crash(void)
 {
 	shm_t shm;
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES), *fresh;
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS), *fresh;
 	shm_proc_sh_t *w0, *w1;
 	snap_publish_stats_t st;
 	snap_view_t v = {0};
@@ -94,7 +95,7 @@ static void test_compaction_after_crash(void)
 	ok(snap_base_arena_free(&shm, idle), "the idle base is free: no head that read it is held");
 
 	/* The respawned loader: a fresh model, whose first publish compacts into the idle base. */
-	fresh = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	fresh = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	account(fresh, 1, 12);
 	is_int(snap_model_publish(fresh, &shm, 0, &st), 0,
 	       "the respawned loader's compaction is not refused while the worker holds generation %llu",
@@ -140,7 +141,7 @@ static void test_compaction_after_crash(void)
 static void test_crash_before_first_publish(void)
 {
 	shm_t shm;
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	snap_publish_stats_t st;
 
 	make_shm(&shm);

@@ -48,6 +48,7 @@
 #define RING         (1u << 16)
 #define CAP_ACCOUNTS 64
 #define CAP_RULES    4096
+#define CAP_USERS    64
 #define NACCOUNTS    20
 #define RULE_IDS     3000
 #define SENTINEL     1 /* rule id; account 1 is the marker */
@@ -227,7 +228,7 @@ static int publish_one(snap_model_t *m, int base)
 
 static void publisher(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	uint64_t s = 0x243f6a8885a308d3ULL;
 	char name[32];
 

@@ -1,8 +1,9 @@
 /*
  * sql/snapfile.c: what the loader writes comes back the same, and a file
  * that is damaged or foreign is refused whole (naming why) rather than
- * served: a flipped byte anywhere, a cut, the wrong magic, version or
- * layout, counts the file cannot hold, more rows than the capacity.
+ * served: a flipped byte anywhere, a cut, the wrong magic, version (a
+ * file from before SIP users included) or layout, counts the file cannot
+ * hold, more rows than the capacity.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,7 +26,7 @@ static char reason[256];
 
 /* What a read collected, flattened to text so comparing is one strcmp. */
 static char seen[8192];
-static int naccounts, nrules;
+static int naccounts, nrules, nusers;
 static int refuse_rule_id = -1;
 
 static void seen_add(const char *fmt, const char *a, const char *b)
@@ -68,7 +69,26 @@ static const char *on_rule(void *arg, const snapfile_rule_t *r)
 	return NULL;
 }
 
-static const snapfile_sink_t sink = {on_account, on_rule, NULL};
+static const char *on_user(void *arg, const snapfile_user_t *u)
+{
+	char buf[600], ip1[64], ip2[64];
+
+	(void)arg;
+	nusers++;
+	snprintf(buf, sizeof(buf), "U%lld a%lld %s@%s %d %d [%s] [%s] [%s] [%s] n%u", (long long)u->id,
+	         (long long)u->account_id, u->username, u->domain, u->active, u->restrict_sources, u->ha1_md5,
+	         u->ha1_sha256, u->ha1_md5_full, u->ha1_sha256_full, u->nranges);
+	seen_add("%s%s", buf, "");
+	for (unsigned i = 0; i < u->nranges; i++) {
+		tg_ip_format(&u->ranges[i].first, ip1, sizeof(ip1));
+		tg_ip_format(&u->ranges[i].last, ip2, sizeof(ip2));
+		seen_add(" %s-%s", ip1, ip2);
+	}
+	seen_add("%s%s", ";", "");
+	return NULL;
+}
+
+static const snapfile_sink_t sink = {on_account, on_rule, on_user, NULL};
 
 static tg_range_t range_of(const char *s)
 {
@@ -81,31 +101,49 @@ static tg_range_t range_of(const char *s)
 	return r;
 }
 
-static int read_file(const char *p, uint64_t max_a, uint64_t max_r)
+static int read_file_users(const char *p, uint64_t max_a, uint64_t max_r, uint64_t max_u)
 {
 	seen[0] = '\0';
-	naccounts = nrules = 0;
+	naccounts = nrules = nusers = 0;
 	reason[0] = '\0';
-	return snapfile_read(p, max_a, max_r, &sink, NULL, reason, sizeof(reason));
+	return snapfile_read(p, max_a, max_r, max_u, &sink, NULL, reason, sizeof(reason));
 }
 
-/* Two accounts, a rule of each kind: v4 CIDR, v6 range, a resolved and an unresolved host. */
+static int read_file(const char *p, uint64_t max_a, uint64_t max_r)
+{
+	return read_file_users(p, max_a, max_r, 100);
+}
+
+#define MD5_A  "0123456789abcdef0123456789abcdef"
+#define SHA_A  "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+#define MD5_AF "fedcba9876543210fedcba9876543210"
+#define SHA_AF "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
+
+/*
+ * Two accounts, a rule of each kind: v4 CIDR, v6 range, a resolved and an
+ * unresolved host; a user with a domain, every HA1 and two allowed
+ * sources, and one with no domain, one HA1 (in upper case) and none.
+ */
 static int write_sample(const char *p, snapfile_info_t *info)
 {
 	tg_range_t v4 = range_of("192.0.2.0/24"), v6 = range_of("2001:db8::1-2001:db8::ff");
 	tg_range_t host[2] = {range_of("198.51.100.7"), range_of("2001:db8::7")};
+	tg_range_t allowed[2] = {range_of("203.0.113.10"), range_of("2001:db8:1::/64")};
 	snapfile_account_t a1 = {1, "acme", 1, 30, 5}, a2 = {7, "globex", 0, 0, 0};
 	snapfile_rule_t r1 = {10, 1, &v4, 1, 0, "", "", 1, 1};
 	snapfile_rule_t r2 = {11, 7, &v6, 1, 5070, "4455#", "", 0, 3};
 	snapfile_rule_t r3 = {12, 1, host, 2, 0, "9", "pbx.example.net", 1, 2};
 	snapfile_rule_t r4 = {13, 7, NULL, 0, 0, "", "new.example.net", 1, 1};
+	snapfile_user_t u1 = {20, 1, "alice", "example.com", 1, 1, MD5_A, SHA_A, MD5_AF, SHA_AF, allowed, 2};
+	snapfile_user_t u2 = {21,   7,  "bob", "",   0, 0, "0123456789ABCDEF0123456789ABCDEF",
+	                      NULL, "", NULL,  NULL, 0};
 	snapfile_writer_t *w = snapfile_open(p, 1234567);
 
 	if (w == NULL)
 		return -1;
 	if (snapfile_put_account(w, &a1) < 0 || snapfile_put_account(w, &a2) < 0 ||
 	    snapfile_put_rule(w, &r1) < 0 || snapfile_put_rule(w, &r2) < 0 || snapfile_put_rule(w, &r3) < 0 ||
-	    snapfile_put_rule(w, &r4) < 0) {
+	    snapfile_put_rule(w, &r4) < 0 || snapfile_put_user(w, &u1) < 0 || snapfile_put_user(w, &u2) < 0) {
 		snapfile_abort(w);
 		return -1;
 	}
@@ -117,7 +155,10 @@ static const char *const sample_text =
         "R10 a1 p0   1 1 n1 192.0.2.0-192.0.2.255;"
         "R11 a7 p5070 4455#  0 3 n1 2001:db8::1-2001:db8::ff;"
         "R12 a1 p0 9 pbx.example.net 1 2 n2 198.51.100.7-198.51.100.7 2001:db8::7-2001:db8::7;"
-        "R13 a7 p0  new.example.net 1 1 n0;";
+        "R13 a7 p0  new.example.net 1 1 n0;"
+        "U20 a1 alice@example.com 1 1 [" MD5_A "] [" SHA_A "] [" MD5_AF "] [" SHA_AF "] n2 "
+        "203.0.113.10-203.0.113.10 2001:db8:1::-2001:db8:1:0:ffff:ffff:ffff:ffff;"
+        "U21 a7 bob@ 0 0 [0123456789abcdef0123456789abcdef] [] [] [] n0;";
 
 static void test_round_trip(void)
 {
@@ -131,15 +172,17 @@ static void test_round_trip(void)
 	   "its size is what commit reported (%llu)", (unsigned long long)wi.bytes);
 	is_int(wi.naccounts, 2, "commit counts the accounts");
 	is_int(wi.nrules, 4, "commit counts the rules");
+	is_int(wi.nusers, 2, "commit counts the users");
 	seen[0] = '\0';
-	rc = snapfile_read(path, 100, 100, &sink, &ri, reason, sizeof(reason));
+	rc = snapfile_read(path, 100, 100, 100, &sink, &ri, reason, sizeof(reason));
 	is_int(rc, 0, "it reads back");
 	if (rc)
 		printf("#   %s\n", reason);
 	is_str(seen, sample_text, "every field of every record comes back");
 	is_int(ri.built_ms, 1234567, "built_ms comes back");
 	ok(ri.saved_ms == wi.saved_ms && ri.saved_ms > 0, "saved_ms comes back");
-	ok(ri.naccounts == 2 && ri.nrules == 4 && ri.bytes == wi.bytes, "counts and size come back");
+	ok(ri.naccounts == 2 && ri.nrules == 4 && ri.nusers == 2 && ri.bytes == wi.bytes,
+	   "counts and size come back");
 
 	/* Written again: the rename replaces the old file whole. */
 	rc = write_sample(path, NULL);
@@ -176,7 +219,7 @@ static void refused(long cut, long flip_at, uint8_t flip, const char *want, cons
 	ok(rc == -1 && strncmp(reason, want, strlen(want)) == 0, "refused: %s", name);
 	if (rc != -1 || strncmp(reason, want, strlen(want)) != 0)
 		printf("#   rc %d, reason \"%s\", want \"%s\"\n", rc, reason, want);
-	ok(naccounts == 0 && nrules == 0, "... and not a record was handed over");
+	ok(naccounts == 0 && nrules == 0 && nusers == 0, "... and not a record was handed over");
 }
 
 static void put_le(long at, uint64_t v, int bytes)
@@ -201,12 +244,18 @@ static void test_corruption(void)
 		return;
 	size = (long)st.st_size;
 	refused(-1, 0, 0x20, "not a tollgate snapshot file", "wrong magic");
-	refused(-1, 8, 0x02, "format version 3, this binary reads 1", "wrong format version");
+	refused(-1, 8, 0x01, "format version 3, this binary reads 2", "wrong format version");
+	copy_file(path, bad, -1, -1, 0);
+	put_le(8, 1, 4);
+	rc = read_file(bad, 100, 100);
+	ok(rc == -1 && strcmp(reason, "format version 1, this binary reads 2") == 0 && naccounts == 0,
+	   "refused: a version 1 file, from before SIP users (%s)", reason);
 	refused(-1, 12, 0x40, "written for layout version", "wrong layout version");
 	refused(-1, 20, 0x01, "checksum mismatch", "a flipped bit in the header's saved_ms");
 	refused(-1, SNAPFILE_HEADER + 3, 0x80, "checksum mismatch", "a flipped bit in an account id");
 	refused(-1, size / 2, 0xff, "checksum mismatch", "a flipped byte mid-file");
-	refused(-1, size - 30, 0x01, "checksum mismatch", "a flipped bit in the last rule's range");
+	refused(-1, size - 20, 0x01, "checksum mismatch", "a flipped bit in the last user's HA1");
+	refused(-1, size - 60, 0x01, "checksum mismatch", "a flipped bit in a user's allowed source");
 	refused(-1, size - 1, 0x10, "checksum mismatch", "a flipped bit in the checksum");
 	refused(size - 1, -1, 0, "truncated or padded", "the last byte cut off");
 	refused(size / 2, -1, 0, "truncated or padded", "cut in half");
@@ -228,6 +277,13 @@ static void test_corruption(void)
 	   reason);
 	rc = read_file(path, 100, 3);
 	ok(rc == -1 && strstr(reason, "capacity") != NULL, "refused: more rules than capacity");
+	rc = read_file_users(path, 100, 100, 1);
+	ok(rc == -1 && strstr(reason, "capacity") != NULL && nusers == 0,
+	   "refused: more users than capacity (%s)", reason);
+	copy_file(path, bad, -1, -1, 0);
+	put_le(56, 1ULL << 40, 8);
+	rc = read_file_users(bad, UINT64_MAX, UINT64_MAX, UINT64_MAX);
+	ok(rc == -1 && strncmp(reason, "absurd header", 13) == 0, "refused: 2^40 users (%s)", reason);
 
 	errno = 0;
 	rc = read_file("/nonexistent/snapshot.bin", 100, 100);
@@ -247,9 +303,23 @@ static void test_writer_refuses(void)
 	snapfile_rule_t r = {10, 1, &v4, 1, 0, "", "", 1, 1};
 	snapfile_rule_t unresolved = {11, 1, NULL, 0, 0, "", "", 1, 1};
 	snapfile_rule_t reversed = {12, 1, &back, 1, 0, "", "", 1, 1};
+	tg_range_t many[SNAPFILE_USER_RANGES + 1];
+	char longname[SNAPFILE_USER_MAX + 2];
+	snapfile_user_t user = {20, 1, "alice", "", 1, 0, MD5_A, NULL, NULL, NULL, NULL, 0};
+	snapfile_user_t nouser = user, longuser = user, badha1 = user, shortsha = user, manyranges = user;
 	snapfile_writer_t *w = snapfile_open(path, 1);
 	char tmp[300];
 
+	memset(longname, 'x', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	for (int i = 0; i <= SNAPFILE_USER_RANGES; i++)
+		many[i] = v4;
+	nouser.username = "";
+	longuser.username = longname;
+	badha1.ha1_md5 = "0123456789abcdef0123456789abcdeg";
+	shortsha.ha1_sha256 = MD5_A;
+	manyranges.ranges = many;
+	manyranges.nranges = SNAPFILE_USER_RANGES + 1;
 	back.first.lo += 1;
 	ok(w != NULL, "a writer opens");
 	if (w == NULL)
@@ -259,6 +329,15 @@ static void test_writer_refuses(void)
 	ok(snapfile_put_account(w, &a) < 0, "an account after a rule is refused");
 	ok(snapfile_put_rule(w, &unresolved) < 0, "a rule with neither address nor host is refused");
 	ok(snapfile_put_rule(w, &reversed) < 0, "a range ending before it starts is refused");
+	ok(snapfile_put_user(w, &nouser) < 0 && errno == EINVAL, "a user with an empty name is refused");
+	ok(snapfile_put_user(w, &longuser) < 0, "a username over %d bytes is refused", SNAPFILE_USER_MAX);
+	ok(snapfile_put_user(w, &badha1) < 0, "an HA1 that is not 32 hex digits is refused");
+	ok(snapfile_put_user(w, &shortsha) < 0, "a SHA-256 HA1 of 32 digits is refused");
+	ok(snapfile_put_user(w, &manyranges) < 0, "more than %d allowed sources are refused",
+	   SNAPFILE_USER_RANGES);
+	ok(snapfile_put_user(w, &user) == 0, "then a good user");
+	ok(snapfile_put_rule(w, &r) < 0, "a rule after a user is refused");
+	ok(snapfile_put_account(w, &a) < 0, "an account after a user is refused");
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
 	ok(access(tmp, F_OK) == 0, "the writer works in PATH.tmp.PID");
 	snapfile_abort(w);

@@ -12,9 +12,11 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "lib/addr.h"
@@ -27,6 +29,7 @@
 
 #define CAP_ACCOUNTS 1000
 #define CAP_RULES    20000
+#define CAP_USERS    64
 
 static shm_t shm, shm2; /* shm2: where fresh single-level builds go, to compare with */
 static snap_view_t view, view2;
@@ -265,7 +268,7 @@ static void basic_expect(const snap_view_t *s)
 /* Every rule in the base. */
 static void test_basic_in_base(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	const snap_view_t *v;
 
 	basic_accounts(m);
@@ -286,7 +289,7 @@ out:
 /* Accounts in the base, every rule arriving afterwards as a delta. */
 static void test_basic_in_overlay(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	const snap_view_t *v;
 
 	basic_accounts(m);
@@ -308,7 +311,7 @@ out:
  * overlay. */
 static void test_basic_split(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	const snap_view_t *v;
 
 	basic_accounts(m);
@@ -335,7 +338,7 @@ out:
 
 static void test_whole_space(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	const snap_view_t *s;
 	const unsigned in = SNAP_DIR_INGRESS;
 
@@ -375,7 +378,7 @@ static void test_whole_space(void)
 	snap_model_free(m);
 
 	/* A rule ending at the top with nothing else, and an empty model. */
-	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	account(m, 1, 1);
 	rule_plain(m, 1, 1, "ffff::/16");
 	s = publish_view(m, 1);
@@ -383,7 +386,7 @@ static void test_whole_space(void)
 	expect(s, "fffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 1, NULL, in, SNAP_NO_ADDRESS, 0, "below it");
 	snap_model_free(m);
 
-	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	s = publish_view(m, 0);
 	ok(s != NULL && last.kind == SNAP_PUBLISH_COMPACTION && s->base->index.nentries == 0 &&
 	           s->base->index.nivals == 1 && s->head->naccounts == 0,
@@ -397,7 +400,7 @@ static void test_whole_space(void)
 
 static void test_model_errors(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	tg_range_t r = range_of("1.2.3.4"), many[SNAP_MAX_RANGES + 1];
 	const char *err = NULL;
 	char longname[SNAP_NAME_MAX + 1];
@@ -485,7 +488,7 @@ static void test_model_errors(void)
 /* Changes after the base: what a tombstone hides, what the overlay adds, accounts as head-only changes. */
 static void test_delta_semantics(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	const snap_view_t *s;
 	const unsigned in = SNAP_DIR_INGRESS;
 	tg_range_t three[3] = {range_of("40.0.0.1"), range_of("40.0.0.5"), range_of("2001:db8:40::1")};
@@ -555,7 +558,7 @@ static void test_delta_semantics(void)
 /* An account's slot outlives it until a compaction; its rules go with it. */
 static void test_account_slots(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	const snap_view_t *s;
 
 	for (int i = 1; i <= 3; i++)
@@ -602,7 +605,7 @@ static int stop_at_rule_3(void *arg, const snap_rule_info_t *r)
 
 static void test_mark_sweep(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	const snap_view_t *s;
 	int n = 0;
 
@@ -649,7 +652,7 @@ static void test_mark_sweep(void)
 /* When a publish must compact, and why. */
 static void test_compaction_triggers(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES), *other;
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS), *other;
 	uint32_t cap = snap_overlay_cap(CAP_RULES);
 	tg_range_t r = range_of("70.0.0.0");
 
@@ -685,7 +688,7 @@ static void test_compaction_triggers(void)
 	publish_view(m, 0);
 	ok(last.kind == SNAP_PUBLISH_DELTA && last.tombstones == 1, "then deltas again");
 
-	other = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	other = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	account(other, 1, 1);
 	publish_view(other, 0);
 	is_str(last.reason, "first", "another model's first publish compacts");
@@ -715,7 +718,7 @@ static void test_compaction_triggers(void)
 
 static snap_model_t *sample_model(int nrules)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	char text[64];
 
 	account(m, 1, 1);
@@ -768,7 +771,7 @@ static void test_space(void)
 	snap_model_free(m);
 
 	/* Heavily overlapping rules outgrow the bound and are refused, not overrun. */
-	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	account(m, 1, 1);
 	for (int i = 0; i < 300; i++) {
 		char text[64];
@@ -784,7 +787,7 @@ static void test_space(void)
 
 	/* The same 300 as changes since an empty base: the overlay outgrows the head, a base takes them. */
 	snap_model_free(m);
-	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	account(m, 1, 1);
 	publish_sized(m, 0, 0, 1);
 	for (int i = 0; i < 300; i++) {
@@ -800,7 +803,7 @@ static void test_space(void)
 	   last.reason ? last.reason : "delta");
 	snap_model_free(m);
 
-	m = snap_model_new(2, CAP_RULES);
+	m = snap_model_new(2, CAP_RULES, CAP_USERS);
 	account(m, 1, 1);
 	account(m, 2, 1);
 	account(m, 3, 1);
@@ -866,7 +869,7 @@ static void test_layout(void)
 	           h->off_base[1] == h->off_base[0] + h->base_size &&
 	           h->total_size == h->off_base[1] + h->base_size,
 	   "head arenas, then base arenas, page-aligned, back to back, to the end");
-	ok(h->head_size >= snap_head_size_bound(CAP_ACCOUNTS, CAP_RULES) &&
+	ok(h->head_size >= snap_head_size_bound(CAP_ACCOUNTS, CAP_RULES, CAP_USERS) &&
 	           h->base_size >= snap_base_size_bound(CAP_RULES) && h->head_size < h->base_size,
 	   "arenas are sized by their bounds (head %llu, base %llu bytes)", (unsigned long long)h->head_size,
 	   (unsigned long long)h->base_size);
@@ -1031,7 +1034,7 @@ static void test_random_cross_check(void)
 	enum { NACCT = 50, NRULES = 2000, NLOOKUPS = 20000 };
 	static ref_rule_t rules[NRULES];
 	int acct_active[NACCT];
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	int mismatches = 0, counts[4] = {0};
 
 	for (int a = 0; a < NACCT; a++) {
@@ -1092,7 +1095,7 @@ static void test_bucket_edges(void)
 	enum { NRULES = 3000 };
 	static ref_rule_t rules[NRULES];
 	int acct_active[1] = {1};
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	const snap_view_t *v;
 	long wrong = 0, checked = 0;
 
@@ -1162,7 +1165,7 @@ static int copy_rule(void *arg, const snap_rule_info_t *r)
 /* A single-level build of the same rows, through the model's iteration, into shm2. */
 static const snap_view_t *fresh_build(const snap_model_t *m, snap_model_t **out)
 {
-	snap_model_t *f = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *f = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 
 	if (snap_model_foreach_account(m, copy_account, f) != 0 ||
 	    snap_model_foreach_rule(m, copy_rule, f) != 0)
@@ -1283,7 +1286,7 @@ static void test_random_deltas(void)
 	const snap_view_t *v = NULL;
 
 	memset(&d, 0, sizeof(d));
-	d.m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	d.m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	for (int a = 0; a < RD_ACCT; a++) {
 		d.acct_live[a] = d.acct_active[a] = 1;
 		account(d.m, a, 1);
@@ -1320,6 +1323,870 @@ static void test_random_deltas(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* SIP users                                                           */
+
+static snap_user_info_t user_info(int64_t id, int64_t acct, const char *username, const char *domain)
+{
+	snap_user_info_t u;
+
+	memset(&u, 0, sizeof(u));
+	u.id = id;
+	u.account_id = acct;
+	u.username = username;
+	u.domain = domain;
+	u.active = 1;
+	return u;
+}
+
+static void user(snap_model_t *m, int64_t id, int64_t acct, const char *username, const char *domain)
+{
+	snap_user_info_t u = user_info(id, acct, username, domain);
+	const char *err = NULL;
+
+	if (snap_model_user_put(m, &u, &err) < 0)
+		printf("# test bug: user %lld: %s\n", (long long)id, err);
+}
+
+static const snap_user_sh_t *find_user(const snap_view_t *v, const char *username, const char *domain)
+{
+	if (v == NULL || v->head == NULL)
+		return NULL;
+	return snap_user_find(v, username, strlen(username), domain, domain ? strlen(domain) : 0);
+}
+
+/* The id of the user found, or -1. */
+static int64_t found(const snap_view_t *v, const char *username, const char *domain)
+{
+	const snap_user_sh_t *u = find_user(v, username, domain);
+
+	return u ? u->id : -1;
+}
+
+/* ok() with the reason when a put is refused, or is accepted though it should not be. */
+static void put_is(snap_model_t *m, const snap_user_info_t *u, const char *want_err, const char *what)
+{
+	const char *err = NULL;
+	int rc = snap_model_user_put(m, u, &err);
+
+	if (want_err == NULL) {
+		ok(rc == 0, "%s", what);
+		if (rc != 0)
+			printf("#   refused: %s\n", err ? err : "(no reason)");
+		return;
+	}
+	ok(rc == -1 && err != NULL && strcmp(err, want_err) == 0, "%s: refused, \"%s\"", what, want_err);
+	if (rc != -1 || err == NULL || strcmp(err, want_err) != 0)
+		printf("#   got rc %d, \"%s\"\n", rc, rc == 0 ? "(accepted)" : err ? err : "(no reason)");
+}
+
+static int allowed(const snap_view_t *v, const snap_user_sh_t *u, const char *ip)
+{
+	tg_ip_t a = ip_of(ip);
+
+	return v != NULL && u != NULL && snap_user_source_allowed(v, u, &a);
+}
+
+/* Exact name first, then the any-domain user; users are head-only, so rule lookups carry on. */
+static void test_users_find(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	const snap_view_t *s;
+	const snap_user_sh_t *u;
+	snap_user_info_t carol = user_info(4, 3, "carol", "");
+	char long_domain[301];
+	uint64_t gen;
+
+	account(m, 1, 1);
+	account(m, 2, 1);
+	account(m, 3, 0);
+	rule_plain(m, 1, 1, "1.2.3.4");
+	s = publish_view(m, 1);
+	ok(s && s->head->nusers == 0 && s->head->user_bucket_bits == 4 &&
+	           s->head->off_user_ranges - s->head->off_users == 16 * sizeof(uint32_t),
+	   "a head without users carries only an empty table of 16 buckets");
+	ok(find_user(s, "alice", NULL) == NULL, "no users: nobody is found");
+
+	user(m, 1, 1, "alice", NULL);
+	user(m, 2, 2, "alice", "Example.COM");
+	user(m, 3, 2, "bob", "example.org");
+	carol.active = 0;
+	snap_model_user_put(m, &carol, NULL);
+	gen = s ? s->head->generation : 0;
+	s = publish_view(m, 0);
+	if (s == NULL) {
+		snap_model_free(m);
+		return;
+	}
+	printf("# SIP users\n");
+	ok(last.kind == SNAP_PUBLISH_DELTA && s->head->generation == gen + 1 && s->head->nusers == 4 &&
+	           last.overlay_rules == 0,
+	   "users added: a head-only delta, generation %llu -> %llu", (unsigned long long)gen,
+	   (unsigned long long)s->head->generation);
+	is_int(found(s, "alice", "example.com"), 2, "exact username and domain");
+	is_int(found(s, "alice", "EXAMPLE.Com"), 2, "the domain compares case-insensitively");
+	u = find_user(s, "alice", "example.com");
+	is_str(u ? u->domain : NULL, "example.com", "... and was stored lower case");
+	is_int(found(s, "alice", "other.net"), 1, "another domain: the any-domain user");
+	is_int(found(s, "alice", NULL), 1, "no domain: the any-domain user");
+	is_int(found(s, "alice", ""), 1, "an empty domain likewise");
+	is_int(found(s, "bob", "example.org"), 3, "a user with a domain only");
+	is_int(found(s, "bob", "example.net"), -1, "... is not found in another domain");
+	is_int(found(s, "bob", NULL), -1, "... nor without one");
+	is_int(found(s, "Alice", NULL), -1, "usernames compare exactly");
+	is_int(found(s, "alic", NULL), -1, "a prefix of a username is not the user");
+	is_int(found(s, "alicex", NULL), -1, "nor is a longer name");
+	u = snap_user_find(s, "alicex", 5, "example.comx", 11);
+	is_int(u ? u->id : -1, 2, "lengths count, not NULs");
+	ok(snap_user_find(s, "alice\0", 6, NULL, 0) == NULL,
+	   "a NUL inside a username is not the name before it");
+	ok(snap_user_find(s, "alice", 0, NULL, 0) == NULL, "an empty username finds nobody");
+	memset(long_domain, 'a', 300);
+	long_domain[300] = '\0';
+	is_int(found(s, "alice", long_domain), 1, "a domain too long to be stored falls back to any-domain");
+	u = find_user(s, "carol", "whatever.example");
+	ok(u && u->id == 4 && u->active == 0, "an inactive user is found, with its status");
+	ok(u && snap_user_account(s, u)->id == 3 && snap_user_account(s, u)->active == 0,
+	   "... and its account (inactive too)");
+	u = find_user(s, "alice", "example.com");
+	ok(u && snap_user_account(s, u)->id == 2 && u->account == 1, "a user's account, by slot");
+	expect(s, "1.2.3.4", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 1, "rules still match in the same view");
+	ok(snap_head_checksum(s->head) == s->head->checksum, "the head's checksum verifies");
+
+	/* The checksum covers the users. */
+	unsigned char *p = (unsigned char *)shm.head_arena[s->head->generation & 1] + s->head->off_users +
+	                   offsetof(snap_user_sh_t, username);
+
+	*p ^= 1;
+	ok(snap_head_checksum(s->head) != s->head->checksum, "a flipped byte in a username is detected");
+	*p ^= 1;
+
+	user(m, 2, 2, "alice", "example.net");
+	snap_model_user_del(m, 3);
+	gen = s->head->generation;
+	s = publish_view(m, 0);
+	ok(s && s->head->generation == gen + 1 && last.kind == SNAP_PUBLISH_DELTA && s->head->nusers == 3,
+	   "a user moved and one deleted: the next generation");
+	is_int(found(s, "alice", "example.com"), 1, "the old domain falls back to any-domain");
+	is_int(found(s, "alice", "example.net"), 2, "the new domain finds the user");
+	is_int(found(s, "bob", "example.org"), -1, "the deleted user is gone");
+	expect(s, "1.2.3.4", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 1, "... and rules still match");
+
+	s = publish_view(m, 1);
+	ok(s && last.kind == SNAP_PUBLISH_COMPACTION && s->head->nusers == 3 &&
+	           found(s, "alice", "example.net") == 2 && found(s, "carol", NULL) == 4,
+	   "a compaction's head carries the users too");
+	snap_model_free(m);
+}
+
+static int count_user(void *arg, const snap_user_info_t *u)
+{
+	(void)u;
+	(*(int *)arg)++;
+	return 0;
+}
+
+/* Checks the info of user 7 as it was put in test_users_refused(). */
+static int check_user_7(void *arg, const snap_user_info_t *u)
+{
+	if (u->id != 7)
+		return 0;
+	*(int *)arg = u->account_id == 1 && strcmp(u->username, "zed") == 0 && strcmp(u->domain, "") == 0 &&
+	              strcmp(u->ha1_md5, "0123456789abcdef0123456789abcdef") == 0 &&
+	              strcmp(u->ha1_sha256, "") == 0 && strcmp(u->ha1_md5_full, "") == 0 &&
+	              strcmp(u->ha1_sha256_full, "") == 0 && u->nranges == 1 && u->ranges != NULL &&
+	              u->restrict_sources == 1 && u->active == 1;
+	return 7;
+}
+
+static void test_users_refused(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	const char *md5 = "0123456789ABCDEF0123456789abcdef", *sha = md5; /* sha: too short on purpose */
+	char name[SNAP_USER_MAX + 2], dom[SNAP_DOMAIN_MAX + 2], sha256[65];
+	tg_range_t many[SNAP_USER_RANGES + 1], r = range_of("10.0.0.1");
+	snap_user_info_t u;
+	const snap_view_t *s;
+	int n = 0;
+
+	for (int i = 0; i <= SNAP_USER_RANGES; i++) {
+		many[i] = r;
+		many[i].first.lo += (uint64_t)i;
+		many[i].last = many[i].first;
+	}
+	memset(name, 'n', sizeof(name) - 1);
+	name[sizeof(name) - 1] = '\0';
+	memset(dom, 'd', sizeof(dom) - 1);
+	dom[sizeof(dom) - 1] = '\0';
+	memset(sha256, 'F', 64);
+	sha256[64] = '\0';
+	account(m, 1, 1);
+
+	u = user_info(1, 99, "x", NULL);
+	put_is(m, &u, "unknown account", "a user of an unknown account");
+	u = user_info(1, 1, "", NULL);
+	put_is(m, &u, "username empty", "an empty username");
+	u.username = NULL;
+	put_is(m, &u, "username empty", "a NULL username");
+	u.username = name; /* 65 bytes */
+	put_is(m, &u, "username too long", "a username of 65 bytes");
+	name[SNAP_USER_MAX] = '\0';
+	put_is(m, &u, NULL, "a username of 64 bytes fits");
+	u = user_info(2, 1, "a:b", NULL);
+	put_is(m, &u, "bad character in username", "a ':' in a username");
+	u.username = "a\tb";
+	put_is(m, &u, "bad character in username", "a control character in a username");
+	u.username = "a\x7f";
+	put_is(m, &u, "bad character in username", "DEL in a username");
+	u.username = "a@b";
+	put_is(m, &u, "bad character in username", "an '@' in a username (the schema refuses it too)");
+	u.username = "j\xc3\xbcrgen";
+	put_is(m, &u, NULL, "a UTF-8 username fits");
+	u = user_info(3, 1, "x", dom); /* 254 bytes */
+	put_is(m, &u, "domain too long", "a domain of 254 bytes");
+	dom[SNAP_DOMAIN_MAX] = '\0';
+	put_is(m, &u, NULL, "a domain of 253 bytes fits");
+
+	u = user_info(4, 1, "h", NULL);
+	u.ha1_md5 = "0123456789abcdef0123456789abcde";
+	put_is(m, &u, "bad HA1: ha1_md5 is not 32 hex digits", "an MD5 HA1 of 31 digits");
+	u.ha1_md5 = "0123456789abcdef0123456789abcdef0";
+	put_is(m, &u, "bad HA1: ha1_md5 is not 32 hex digits", "33 digits");
+	u.ha1_md5 = "0123456789abcdef0123456789abcdeg";
+	put_is(m, &u, "bad HA1: ha1_md5 is not 32 hex digits", "a 'g'");
+	u.ha1_md5 = md5;
+	u.ha1_sha256 = sha;
+	put_is(m, &u, "bad HA1: ha1_sha256 is not 64 hex digits", "a SHA-256 HA1 of 32 digits");
+	u.ha1_sha256 = sha256;
+	u.ha1_md5_full = md5;
+	put_is(m, &u, "bad HA1: a full-URI HA1 needs a domain", "a full-URI HA1 for an any-domain user");
+	u.domain = "example.com";
+	u.ha1_md5_full = "xyz";
+	put_is(m, &u, "bad HA1: ha1_md5_full is not 32 hex digits", "a bad full-URI MD5 HA1");
+	u.ha1_md5_full = md5;
+	u.ha1_sha256_full = "";
+	put_is(m, &u, NULL, "upper-case hex, every HA1 with a domain, \"\" for one unset");
+
+	u = user_info(5, 1, "r", NULL);
+	u.restrict_sources = 1;
+	u.ranges = many;
+	u.nranges = SNAP_USER_RANGES + 1;
+	put_is(m, &u, "too many ranges", "33 allowed ranges");
+	u.nranges = 1;
+	u.ranges = NULL;
+	put_is(m, &u, "no ranges given", "a range count without ranges");
+	tg_range_t bad = r;
+
+	bad.first.lo++;
+	bad.last.lo--;
+	u.ranges = &bad;
+	put_is(m, &u, "range end before start", "a reversed range");
+	bad = r;
+	bad.family = AF_UNIX;
+	put_is(m, &u, "bad range family", "a range of another family");
+	u.ranges = many;
+	u.nranges = SNAP_USER_RANGES;
+	put_is(m, &u, NULL, "32 allowed ranges fit");
+	is_int(snap_model_nusers(m), 5, "only the five good users went in");
+
+	/* A refused replace leaves the user as it was. */
+	u = user_info(7, 1, "zed", NULL);
+	u.ha1_md5 = md5;
+	u.restrict_sources = 1;
+	u.ranges = &r;
+	u.nranges = 1;
+	put_is(m, &u, NULL, "user 7");
+	u.ha1_md5 = "nothex";
+	put_is(m, &u, "bad HA1: ha1_md5 is not 32 hex digits", "user 7 with a bad HA1");
+	s = publish_view(m, 0);
+	const snap_user_sh_t *z = find_user(s, "zed", NULL);
+
+	ok(z && strcmp(z->ha1_md5, "0123456789abcdef0123456789abcdef") == 0 && allowed(s, z, "10.0.0.1") &&
+	           !allowed(s, z, "10.0.0.2"),
+	   "... kept its HA1 (stored lower case) and its range");
+	z = find_user(s, "h", "example.com");
+	ok(z &&
+	           strcmp(z->ha1_sha256,
+	                  "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff") == 0 &&
+	           strcmp(z->ha1_md5_full, "0123456789abcdef0123456789abcdef") == 0 &&
+	           z->ha1_sha256_full[0] == 0,
+	   "every HA1 stored lower case, the unset one \"\"");
+	z = find_user(s, name, NULL);
+	ok(z && strlen(z->username) == SNAP_USER_MAX, "the 64-byte username is found");
+	z = find_user(s, "x", dom);
+	ok(z && strlen(z->domain) == SNAP_DOMAIN_MAX, "the user of the 253-byte domain is found");
+
+	snap_model_foreach_user(m, count_user, &n);
+	is_int(n, 6, "foreach_user visits every user");
+	n = 0;
+	ok(snap_model_foreach_user(m, check_user_7, &n) == 7 && n == 1,
+	   "its info holds what was put, \"\" for unset strings; a nonzero return stops the walk");
+	is_int(snap_model_user_del(m, 99), -1, "deleting an unknown user: -1");
+	is_int(errno, ENOENT, "... ENOENT");
+	snap_model_free(m);
+}
+
+static void test_users_duplicates(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	snap_user_info_t u;
+	const snap_view_t *s;
+
+	account(m, 1, 1);
+	user(m, 1, 1, "alice", "example.com");
+	u = user_info(2, 1, "alice", "EXAMPLE.com");
+	put_is(m, &u, "another user already has this username and domain",
+	       "the same username and domain under another id, whatever the case");
+	u.domain = NULL;
+	put_is(m, &u, NULL, "the same username for any domain is another user");
+	u.id = 3;
+	u.domain = "";
+	put_is(m, &u, "another user already has this username and domain", "a second any-domain user");
+	u = user_info(1, 1, "alice", "example.com");
+	u.active = 0;
+	put_is(m, &u, NULL, "the same id again replaces the user");
+	put_is(m, &u, NULL, "... and an identical put is accepted");
+	is_int(snap_model_nusers(m), 2, "two users");
+	user(m, 1, 1, "alice", "b.example");
+	u = user_info(3, 1, "alice", "example.com");
+	put_is(m, &u, NULL, "a user that moved to another domain frees its name");
+	snap_model_user_del(m, 2);
+	u = user_info(4, 1, "alice", NULL);
+	put_is(m, &u, NULL, "so does a deleted one");
+	s = publish_view(m, 1);
+	ok(found(s, "alice", "b.example") == 1 && found(s, "alice", "example.com") == 3 &&
+	           found(s, "alice", "c.example") == 4 && s->head->nusers == 3,
+	   "three alices, each found by its domain");
+	snap_model_free(m);
+}
+
+static void test_users_accounts(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	const snap_view_t *s;
+	snap_user_info_t u;
+
+	account(m, 1, 1);
+	account(m, 2, 1);
+	user(m, 1, 1, "a1", NULL);
+	user(m, 2, 2, "b1", NULL);
+	user(m, 3, 1, "a2", NULL);
+	user(m, 4, 2, "b2", "x.example");
+	user(m, 5, 1, "a3", NULL);
+	rule_plain(m, 1, 1, "1.2.3.4");
+	publish_view(m, 1);
+	is_int(snap_model_account_del(m, 1), 0, "account 1 deleted");
+	is_int(snap_model_nusers(m), 2, "... its three users with it");
+	u = user_info(6, 1, "a4", NULL);
+	put_is(m, &u, "unknown account", "a user of the deleted account");
+	s = publish_view(m, 0);
+	ok(s && last.kind == SNAP_PUBLISH_DELTA && s->head->nusers == 2 && found(s, "a1", NULL) == -1 &&
+	           found(s, "a2", NULL) == -1 && found(s, "a3", NULL) == -1,
+	   "the next head has none of them");
+	ok(found(s, "b1", NULL) == 2 && found(s, "b2", "x.example") == 4 &&
+	           snap_user_account(s, find_user(s, "b1", NULL))->id == 2,
+	   "the other account's users stay, with their account");
+	account(m, 1, 1);
+	user(m, 7, 1, "a1", NULL);
+	s = publish_view(m, 1);
+	account(m, 3, 1);
+	user(m, 8, 3, "c1", NULL);
+	s = publish_view(m, 0);
+	ok(s && snap_accounts(s->head)[0].id == 3 && found(s, "c1", NULL) == 8 &&
+	           snap_user_account(s, find_user(s, "c1", NULL))->id == 3 &&
+	           snap_user_account(s, find_user(s, "a1", NULL))->id == 1,
+	   "an account in a reused slot: its users name the slot, the new account");
+	snap_model_free(m);
+}
+
+static void test_users_sweep(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	const snap_view_t *s;
+	snap_user_info_t u;
+
+	account(m, 1, 1);
+	account(m, 2, 1);
+	user(m, 1, 1, "alice", NULL);
+	user(m, 2, 1, "bob", NULL);
+	user(m, 3, 2, "carol", NULL);
+	user(m, 4, 1, "dave", "x.example");
+	publish_view(m, 1);
+
+	snap_model_mark_begin(m);
+	account(m, 1, 1);
+	user(m, 1, 1, "alice", NULL);
+	user(m, 4, 1, "dave", "y.example");
+	user(m, 5, 1, "erin", NULL);
+	is_int(snap_model_sweep(m), 3, "sweep: account 2 with carol, and bob, were not seen");
+	s = publish_view(m, 0);
+	ok(s && last.kind == SNAP_PUBLISH_COMPACTION && s->head->nusers == 3 &&
+	           found(s, "alice", NULL) == 1 && found(s, "bob", NULL) == -1 &&
+	           found(s, "carol", NULL) == -1 && found(s, "dave", "y.example") == 4 &&
+	           found(s, "dave", "x.example") == -1 && found(s, "erin", NULL) == 5,
+	   "the full load's head holds exactly the users it saw");
+
+	/* Deleted and created again between two loads: a new id for the same name. */
+	snap_model_mark_begin(m);
+	account(m, 1, 1);
+	u = user_info(10, 1, "alice", NULL);
+	put_is(m, &u, NULL, "in a full load, a new id takes a name from a user the load has not seen");
+	u.id = 11;
+	put_is(m, &u, "another user already has this username and domain",
+	       "... but not from one it has seen");
+	user(m, 4, 1, "dave", "y.example");
+	user(m, 5, 1, "erin", NULL);
+	is_int(snap_model_sweep(m), 0, "the sweep finds nothing more to delete");
+	s = publish_view(m, 0);
+	ok(s && s->head->nusers == 3 && found(s, "alice", NULL) == 10, "alice is user 10 now");
+	u.id = 12;
+	put_is(m, &u, "another user already has this username and domain",
+	       "outside a full load the name's holder stays");
+	snap_model_free(m);
+}
+
+static void test_users_sources(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	tg_range_t three[3] = {range_of("10.0.0.0/8"), range_of("2001:db8::/32"),
+	                       range_of("192.0.2.1-192.0.2.9")};
+	tg_range_t twenty = range_of("20.0.0.0/8"), thirty = range_of("30.0.0.1"),
+	           net = range_of("192.0.2.0/24");
+	snap_user_info_t u;
+	const snap_view_t *s;
+	const snap_user_sh_t *any, *none, *multi, *other, *loose;
+
+	account(m, 1, 1);
+	user(m, 1, 1, "any", NULL);
+	u = user_info(2, 1, "none", NULL);
+	u.restrict_sources = 1;
+	snap_model_user_put(m, &u, NULL);
+	u = user_info(3, 1, "multi", NULL);
+	u.restrict_sources = 1;
+	u.ranges = three;
+	u.nranges = 3;
+	snap_model_user_put(m, &u, NULL);
+	u = user_info(4, 1, "other", NULL);
+	u.restrict_sources = 1;
+	u.ranges = &twenty;
+	u.nranges = 1;
+	snap_model_user_put(m, &u, NULL);
+	u = user_info(5, 1, "loose", NULL);
+	u.ranges = &thirty;
+	u.nranges = 1;
+	snap_model_user_put(m, &u, NULL);
+	s = publish_view(m, 1);
+	any = find_user(s, "any", NULL);
+	none = find_user(s, "none", NULL);
+	multi = find_user(s, "multi", NULL);
+	other = find_user(s, "other", NULL);
+	loose = find_user(s, "loose", NULL);
+	ok(any && none && multi && other && loose && s->head->nuser_ranges == 5, "five users, five ranges");
+	ok(allowed(s, any, "1.2.3.4") && allowed(s, any, "::1"), "a user without restriction: any source");
+	ok(!allowed(s, none, "10.0.0.1") && !allowed(s, none, "::1") && !allowed(s, none, "0.0.0.0"),
+	   "restricted with no ranges: no source at all");
+	ok(allowed(s, multi, "10.1.2.3") && allowed(s, multi, "10.0.0.0") &&
+	           allowed(s, multi, "10.255.255.255"),
+	   "restricted: inside a /8, its first and last");
+	ok(!allowed(s, multi, "11.0.0.0") && !allowed(s, multi, "9.255.255.255"), "... not just outside it");
+	ok(allowed(s, multi, "2001:db8::5") && !allowed(s, multi, "2001:db9::"), "an IPv6 range");
+	ok(allowed(s, multi, "192.0.2.1") && allowed(s, multi, "192.0.2.9") &&
+	           !allowed(s, multi, "192.0.2.10") && !allowed(s, multi, "192.0.2.0"),
+	   "an a-b range, its ends and beyond");
+	ok(allowed(s, multi, "::ffff:10.0.0.1") && !allowed(s, multi, "::a00:1"),
+	   "v4-mapped is the v4 address; v4-compatible is not");
+	ok(!allowed(s, other, "10.1.2.3") && allowed(s, other, "20.0.0.1"),
+	   "another user's ranges do not leak");
+	ok(allowed(s, loose, "1.2.3.4") && loose->nranges == 1,
+	   "ranges of a user that does not restrict: kept, unused");
+
+	/* Fewer ranges in place, more at the end, a hole where a user was: the next head is packed. */
+	u = user_info(3, 1, "multi", NULL);
+	u.restrict_sources = 1;
+	u.ranges = &net;
+	u.nranges = 1;
+	snap_model_user_put(m, &u, NULL);
+	u = user_info(2, 1, "none", NULL);
+	u.restrict_sources = 1;
+	u.ranges = three;
+	u.nranges = 2;
+	snap_model_user_put(m, &u, NULL);
+	snap_model_user_del(m, 4);
+	s = publish_view(m, 0);
+	multi = find_user(s, "multi", NULL);
+	none = find_user(s, "none", NULL);
+	loose = find_user(s, "loose", NULL);
+	ok(s && s->head->nuser_ranges == 4, "four ranges left, packed (%u)", s ? s->head->nuser_ranges : 0);
+	ok(!allowed(s, multi, "10.1.2.3") && allowed(s, multi, "192.0.2.200"), "a user's ranges replaced");
+	ok(allowed(s, none, "10.1.2.3") && allowed(s, none, "2001:db8::1") && !allowed(s, none, "192.0.2.5"),
+	   "another user's ranges added");
+	ok(loose && loose->nranges == 1 && find_user(s, "other", NULL) == NULL, "the rest as it was");
+	snap_model_free(m);
+}
+
+/* Users and ranges past the capacity are refused, and what fits fits the head arena shm sized. */
+static void test_users_capacity(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	tg_range_t many[SNAP_USER_RANGES];
+	const uint32_t total = (uint32_t)SNAP_USER_RANGES_TOTAL(CAP_USERS), full = total / SNAP_USER_RANGES;
+	snap_user_info_t u;
+	const snap_view_t *s;
+	char name[32];
+	int refused = 0;
+	size_t empty_bytes;
+
+	for (int i = 0; i < SNAP_USER_RANGES; i++)
+		many[i] = range_of("2001:db8::1");
+	for (int i = 0; i < SNAP_USER_RANGES; i++)
+		many[i].first.lo = many[i].last.lo = (uint64_t)i * 16;
+	account(m, 1, 1);
+	publish_view(m, 1);
+	empty_bytes = last.head_bytes;
+	for (int i = 0; i < CAP_USERS; i++) {
+		snprintf(name, sizeof(name), "u%d", i);
+		u = user_info(i + 1, 1, name, NULL);
+		refused += snap_model_user_put(m, &u, NULL) < 0;
+	}
+	ok(refused == 0 && snap_model_nusers(m) == CAP_USERS, "%d users fit a model for %d", CAP_USERS,
+	   CAP_USERS);
+	u = user_info(1000, 1, "one-more", NULL);
+	put_is(m, &u, "no room for another user", "one more");
+	u = user_info(1, 1, "u0", "renamed.example");
+	put_is(m, &u, NULL, "a full model still takes changes");
+	snap_model_user_del(m, 2);
+	u = user_info(1000, 1, "one-more", NULL);
+	put_is(m, &u, NULL, "a delete makes room");
+	s = publish_view(m, 0);
+	ok(s && s->head->nusers == CAP_USERS && found(s, "one-more", NULL) == 1000 &&
+	           found(s, "u0", "renamed.example") == 1 && found(s, "u63", NULL) == 64,
+	   "a full user table published");
+	snap_model_free(m);
+
+	m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	account(m, 1, 1);
+	for (uint32_t i = 0; i < full; i++) {
+		snprintf(name, sizeof(name), "r%u", i);
+		u = user_info(i + 1, 1, name, NULL);
+		u.restrict_sources = 1;
+		u.ranges = many;
+		u.nranges = SNAP_USER_RANGES;
+		refused += snap_model_user_put(m, &u, NULL) < 0;
+	}
+	ok(refused == 0, "%u users of %d ranges: the %u ranges %d users may carry together", full,
+	   SNAP_USER_RANGES, total, CAP_USERS);
+	u = user_info(500, 1, "ranged", NULL);
+	u.ranges = many;
+	u.nranges = 1;
+	put_is(m, &u, "too many allowed source ranges in total", "one more range");
+	u.nranges = 0;
+	put_is(m, &u, NULL, "a user without ranges still fits");
+	u = user_info(1, 1, "r0", NULL);
+	u.restrict_sources = 1;
+	u.ranges = many;
+	u.nranges = SNAP_USER_RANGES - 1;
+	put_is(m, &u, NULL, "a user with one range fewer");
+	u = user_info(501, 1, "ranged2", NULL);
+	u.restrict_sources = 1;
+	u.ranges = many + SNAP_USER_RANGES - 1;
+	u.nranges = 1;
+	put_is(m, &u, NULL, "... makes room for a range elsewhere");
+	s = publish_view(m, 1);
+	ok(s && s->head->nuser_ranges == total, "the head holds all %u ranges (%u)", total,
+	   s ? s->head->nuser_ranges : 0);
+	ok(s && allowed(s, find_user(s, "ranged2", NULL), "2001:db8::1f0") &&
+	           !allowed(s, find_user(s, "ranged2", NULL), "2001:db8::1e0") &&
+	           allowed(s, find_user(s, "r0", NULL), "2001:db8::1e0") &&
+	           !allowed(s, find_user(s, "r0", NULL), "2001:db8::1f0") &&
+	           allowed(s, find_user(s, "r1", NULL), "2001:db8::1f0"),
+	   "each user with its own ranges");
+
+	/* Fill the users up as well: the fullest head the capacity allows. */
+	for (uint32_t i = full + 2; i < CAP_USERS; i++) {
+		snprintf(name, sizeof(name), "f%u", i);
+		u = user_info(1000 + i, 1, name, "some.example.com");
+		refused += snap_model_user_put(m, &u, NULL) < 0;
+	}
+	s = publish_view(m, 0);
+	/* The bound for no users still holds an empty bucket table and SNAP_USER_RANGES_TOTAL(0) ranges. */
+	size_t bound = snap_head_size_bound(CAP_ACCOUNTS, CAP_RULES, CAP_USERS) -
+	               snap_head_size_bound(CAP_ACCOUNTS, CAP_RULES, 0) +
+	               (sizeof(uint32_t) << SNAP_USER_BUCKET_BITS_MIN) +
+	               SNAP_USER_RANGES_TOTAL(0) * sizeof(tg_range_t);
+	size_t used =
+	        s ? s->head->off_user_ranges + s->head->nuser_ranges * sizeof(tg_range_t) - s->head->off_users
+	          : 0;
+
+	ok(refused == 0 && s && s->head->nusers == CAP_USERS && used <= bound &&
+	           last.head_bytes - empty_bytes == used - (sizeof(uint32_t) << SNAP_USER_BUCKET_BITS_MIN),
+	   "every user and range the capacity allows: %zu bytes of user tables, within the bound's %zu", used,
+	   bound);
+
+	for (int i = 0; i < 2000; i++)
+		snap_model_user_del(m, i);
+	s = publish_view(m, 0);
+	ok(s && s->head->nusers == 0 && s->head->nuser_ranges == 0 && s->head->user_bucket_bits == 4,
+	   "every user deleted: the bucket table shrinks back to 16 buckets");
+	snap_model_free(m);
+}
+
+/* The randomized run: users put, moved, deleted, with their accounts, and full loads, against a reference. */
+enum { RU_IDS = 150, RU_ACCT = 6, RU_NAMES = 10, RU_DOMS = 4 };
+
+static const char *ru_names[RU_NAMES] = {"alice", "bob",   "carol", "dave", "erin",
+                                         "frank", "grace", "heidi", "ivan", "judy"};
+static const char *ru_doms[RU_DOMS] = {NULL, "a.example", "B.Example", "c.example"};
+static const char *ru_lookups[] = {NULL, "", "a.example", "A.EXAMPLE", "b.example", "c.example", "d.example"};
+
+typedef struct ru_user {
+	int live, name, dom, restrict_sources;
+	int64_t account;
+	unsigned nr;
+	tg_range_t r[SNAP_USER_RANGES];
+} ru_user_t;
+
+typedef struct ru {
+	ru_user_t u[RU_IDS]; /* by id */
+	int acct_live[RU_ACCT];
+	snap_model_t *m;
+	long wrong, finds, found, refused, evicted;
+} ru_t;
+
+static void ru_note(ru_t *d, const char *what, int64_t id)
+{
+	if (d->wrong++ < 5)
+		printf("# users: %s (id %lld)\n", what, (long long)id);
+}
+
+static snap_user_info_t ru_info(const ru_user_t *r, int64_t id)
+{
+	snap_user_info_t u = user_info(id, r->account, ru_names[r->name], ru_doms[r->dom]);
+
+	u.restrict_sources = r->restrict_sources;
+	u.ranges = r->r;
+	u.nranges = r->nr;
+	return u;
+}
+
+static unsigned ru_total(const ru_t *d)
+{
+	unsigned n = 0;
+
+	for (int i = 0; i < RU_IDS; i++)
+		n += d->u[i].live ? d->u[i].nr : 0;
+	return n;
+}
+
+/* The live id holding (name, dom), or -1. */
+static int ru_holder(const ru_t *d, int name, int dom)
+{
+	for (int i = 0; i < RU_IDS; i++)
+		if (d->u[i].live && d->u[i].name == name && d->u[i].dom == dom)
+			return i;
+	return -1;
+}
+
+static void ru_random(ru_user_t *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->name = (int)rnd(RU_NAMES);
+	r->dom = (int)rnd(RU_DOMS);
+	r->account = rnd(RU_ACCT);
+	r->restrict_sources = rnd(3) != 0;
+	r->nr = rnd(30) == 0 ? SNAP_USER_RANGES : rnd(4);
+	for (unsigned k = 0; k < r->nr; k++)
+		r->r[k] = random_range();
+}
+
+static void ru_put(ru_t *d)
+{
+	int id = (int)rnd(RU_IDS), holder;
+	ru_user_t r;
+	snap_user_info_t u;
+	int want, rc;
+
+	ru_random(&r);
+	holder = ru_holder(d, r.name, r.dom);
+	want = d->acct_live[r.account] && (holder < 0 || holder == id) &&
+	       ru_total(d) - (d->u[id].live ? d->u[id].nr : 0) + r.nr <= SNAP_USER_RANGES_TOTAL(CAP_USERS);
+	u = ru_info(&r, id);
+	rc = snap_model_user_put(d->m, &u, NULL);
+	if ((rc == 0) != want)
+		ru_note(d, rc == 0 ? "put taken, should be refused" : "put refused, should be taken", id);
+	if (rc == 0) {
+		r.live = 1;
+		d->u[id] = r;
+	} else {
+		d->refused++;
+	}
+}
+
+static void ru_del(ru_t *d)
+{
+	int id = (int)rnd(RU_IDS);
+
+	if ((snap_model_user_del(d->m, id) == 0) != d->u[id].live)
+		ru_note(d, "delete disagrees", id);
+	d->u[id].live = 0;
+}
+
+static void ru_account(ru_t *d)
+{
+	int a = (int)rnd(RU_ACCT);
+
+	if (rnd(4) == 0 && d->acct_live[a]) {
+		snap_model_account_del(d->m, a);
+		d->acct_live[a] = 0;
+		for (int i = 0; i < RU_IDS; i++)
+			if (d->u[i].account == a)
+				d->u[i].live = 0;
+		return;
+	}
+	d->acct_live[a] = 1;
+	account(d->m, a, 1);
+}
+
+/* A full load of the reference, some users renumbered (deleted and created again), some gone. */
+static void ru_full_load(ru_t *d)
+{
+	int order[RU_IDS], n = 0;
+
+	snap_model_mark_begin(d->m);
+	for (int a = 0; a < RU_ACCT; a++)
+		if (d->acct_live[a])
+			account(d->m, a, 1);
+	account(d->m, 100, 1);
+	rule_plain(d->m, 1, 100, "1.2.3.4");
+	for (int i = 0; i < RU_IDS; i++) {
+		if (!d->u[i].live)
+			continue;
+		if (rnd(8) == 0) {
+			d->u[i].live = 0;
+			continue;
+		}
+		if (rnd(4) == 0) {
+			int to = (int)rnd(RU_IDS);
+
+			if (!d->u[to].live) {
+				d->u[to] = d->u[i];
+				d->u[i].live = 0;
+				d->evicted++; /* a to above i comes round again: moved twice, or gone, is fine
+				               */
+			}
+		}
+	}
+	for (int i = 0; i < RU_IDS; i++)
+		if (d->u[i].live)
+			order[n++] = i;
+	for (int i = n - 1; i > 0; i--) {
+		int j = (int)rnd((uint32_t)i + 1), t = order[i];
+
+		order[i] = order[j];
+		order[j] = t;
+	}
+	for (int k = 0; k < n; k++) {
+		snap_user_info_t u = ru_info(&d->u[order[k]], order[k]);
+		const char *err = NULL;
+
+		if (snap_model_user_put(d->m, &u, &err) < 0)
+			ru_note(d, err, order[k]);
+	}
+	snap_model_sweep(d->m);
+}
+
+static void ru_check(ru_t *d, const snap_view_t *v)
+{
+	int live = 0;
+
+	for (int i = 0; i < RU_IDS; i++)
+		live += d->u[i].live;
+	if (v == NULL || v->head->nusers != (uint32_t)live || snap_model_nusers(d->m) != (uint32_t)live)
+		ru_note(d, "user count", live);
+	for (int n = 0; v != NULL && n < RU_NAMES; n++) {
+		for (size_t l = 0; l < sizeof(ru_lookups) / sizeof(ru_lookups[0]); l++) {
+			const char *dom = ru_lookups[l];
+			int want = -1;
+
+			for (int k = 1; dom != NULL && k < RU_DOMS && want < 0; k++)
+				if (strcasecmp(dom, ru_doms[k]) == 0)
+					want = ru_holder(d, n, k);
+			if (want < 0)
+				want = ru_holder(d, n, 0);
+
+			const snap_user_sh_t *u = find_user(v, ru_names[n], dom);
+
+			d->finds++;
+			if ((u ? u->id : -1) != want) {
+				ru_note(d, "find disagrees", want);
+				continue;
+			}
+			if (u == NULL)
+				continue;
+			d->found++;
+			if (snap_user_account(v, u)->id != d->u[want].account)
+				ru_note(d, "account disagrees", want);
+			for (int k = 0; k < 4; k++) {
+				const ru_user_t *r = &d->u[want];
+				tg_ip_t ip = k == 0 && r->nr > 0 ? r->r[rnd(r->nr)].last : random_ip();
+				int ok_ip = !r->restrict_sources;
+
+				for (unsigned j = 0; j < r->nr && !ok_ip; j++)
+					ok_ip = tg_range_contains(&r->r[j], &ip);
+				if (snap_user_source_allowed(v, u, &ip) != ok_ip)
+					ru_note(d, "allowed source disagrees", want);
+			}
+		}
+	}
+	if (v != NULL && snap_head_checksum(v->head) != v->head->checksum)
+		ru_note(d, "head checksum", 0);
+}
+
+static void test_users_random(void)
+{
+	static ru_t d;
+	const snap_view_t *v = NULL;
+	long deltas = 0, compactions = 0;
+
+	memset(&d, 0, sizeof(d));
+	d.m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	for (int a = 0; a < RU_ACCT; a++) {
+		d.acct_live[a] = 1;
+		account(d.m, a, 1);
+	}
+	account(d.m, 100, 1);
+	rule_plain(d.m, 1, 100, "1.2.3.4");
+	for (int round = 0; round < 400; round++) {
+		int steps = 1 + (int)rnd(rnd(10) == 0 ? 100 : 8);
+
+		for (int i = 0; i < steps; i++) {
+			uint32_t k = rnd(100);
+
+			if (k < 60)
+				ru_put(&d);
+			else if (k < 90)
+				ru_del(&d);
+			else
+				ru_account(&d);
+		}
+		if (rnd(25) == 0)
+			ru_full_load(&d);
+		if ((v = publish_view(d.m, rnd(40) == 0)) == NULL)
+			break;
+		deltas += last.kind == SNAP_PUBLISH_DELTA;
+		compactions += last.kind == SNAP_PUBLISH_COMPACTION;
+		ru_check(&d, v);
+	}
+	printf("# users: %ld publishes (%ld deltas), %ld finds (%ld found), %ld puts refused, %ld renumbered "
+	       "in full loads\n",
+	       deltas + compactions, deltas, d.finds, d.found, d.refused, d.evicted);
+	ok(v != NULL && d.wrong == 0, "every head after random user changes agrees with the reference");
+	expect(v, "1.2.3.4", 1, NULL, SNAP_DIR_INGRESS, SNAP_MATCH, 1, "... and rules still match");
+	ok(deltas > 200 && compactions > 10 && d.found > 5000 && d.finds - d.found > 1000 &&
+	           d.refused > 100 && d.evicted > 10,
+	   "deltas, full loads, found, not found and refused all happened");
+	snap_model_free(d.m);
+}
+
+/* ------------------------------------------------------------------ */
 /* publication                                                         */
 
 static int try_publish(snap_model_t *m, int base)
@@ -1329,7 +2196,7 @@ static int try_publish(snap_model_t *m, int base)
 
 static void test_publish_protocol(void)
 {
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	shm_proc_sh_t *w0 = &shm.procs[SHM_PROC_WORKER(0)], *w1 = &shm.procs[SHM_PROC_WORKER(1)];
 	shm_proc_sh_t *ld = &shm.procs[SHM_PROC_LOADER];
 	snap_view_t v0 = {0}, v1 = {0};
@@ -1386,7 +2253,7 @@ static void test_publish_protocol(void)
 	snap_release(w0, &v0);
 
 	/* A loader that died between storing base_last_head and publishing, then a new one. */
-	snap_model_t *fresh = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *fresh = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	unsigned idle = 1 - ((const snap_head_sh_t *)shm.head_arena[(g + 8) & 1])->base_arena;
 
 	atomic_store(&shm.snapctl->base_last_head[idle], g + 9);
@@ -1465,7 +2332,7 @@ static void test_publish_race(void)
 	race_t rc = {0};
 	pthread_t th;
 	long published = 0, refused = 0, compactions = 0;
-	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES);
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
 	int64_t prev = 0;
 	uint64_t until_ms = tg_now_ms() + 1500;
 
@@ -1505,6 +2372,7 @@ static void make_shm(shm_t *sh, uint32_t cap_accounts, uint32_t cap_rules)
 	cfg.workers = 2;
 	cfg.cap_accounts = cap_accounts;
 	cfg.cap_ip_rules = cap_rules;
+	cfg.cap_sip_users = CAP_USERS;
 	if (shm_create(sh, &cfg) < 0) {
 		printf("Bail out! shm_create failed\n");
 		exit(1);
@@ -1531,6 +2399,14 @@ int main(void)
 	test_random_cross_check();
 	test_bucket_edges();
 	test_random_deltas();
+	test_users_find();
+	test_users_refused();
+	test_users_duplicates();
+	test_users_accounts();
+	test_users_sweep();
+	test_users_sources();
+	test_users_capacity();
+	test_users_random();
 	test_publish_protocol();
 	test_publish_race();
 	snap_release(&shm.procs[SHM_PROC_WORKER(0)], &view);

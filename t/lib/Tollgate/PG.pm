@@ -186,6 +186,56 @@ sub add_rule {
 	    join(', ', @cols), join(', ', @vals)));
 }
 
+# add_sip_user($account_id, $username, password => ..., domain => ...,
+#     status => ..., allowed_sources => [...], restrict_sources => 0/1)
+# inserts a SIP user and, given a password, sets it with
+# tollgate.set_password(). Returns the new id.
+sub add_sip_user {
+	my ($self, $account_id, $username, %o) = @_;
+	my @cols = ('account_id', 'username');
+	my @vals = ($account_id + 0, quote($username));
+	for my $k (qw(domain status)) {
+		next unless defined $o{$k};
+		push @cols, $k;
+		push @vals, quote($o{$k});
+	}
+	if (defined $o{restrict_sources}) {
+		push @cols, 'restrict_sources';
+		push @vals, $o{restrict_sources} ? 'true' : 'false';
+	}
+	if (defined $o{allowed_sources}) {
+		push @cols, 'allowed_sources';
+		push @vals, 'ARRAY[' . join(', ', map { quote($_) } @{ $o{allowed_sources} }) . ']::text[]';
+	}
+	my $sql = sprintf("insert into tollgate.sip_users (%s) values (%s) returning id;\n",
+	    join(', ', @cols), join(', ', @vals));
+	$sql .= sprintf("select tollgate.set_password(%s, %s, %s);\n", quote($username),
+	    quote($o{password}), quote($o{domain})) if defined $o{password};
+	# one psql run, one transaction: the loader sees the user with its password
+	my ($id) = $self->psql("begin;\n$sql" . "commit;\n") =~ /^(\d+)$/m;
+	return $id;
+}
+
+# install_upto($version, dbname => NAME) runs sql/install.sql with its
+# steps after $version left out and latest_version set to $version: a
+# database as an older release installed it, to test upgrades from.
+sub install_upto {
+	my ($self, $version, %o) = @_;
+	my $file = Tollgate::repo_dir() . '/sql/install.sql';
+	open(my $fh, '<', $file) or croak "$file: $!";
+	my $sql = do { local $/; <$fh> };
+	close $fh;
+	# A step is its "-- Step N:" comment through the \endif of its \if.
+	$sql =~ s/^--\n-- Step (\d+):.*?^\\endif\n/$1 > $version ? '' : $&/gmse;
+	$sql =~ s/^\\set latest_version \d+$/\\set latest_version $version/m
+	    or croak "no latest_version in $file";
+	my $out = $self->{t}->testdir . "/install-v$version.sql";
+	open($fh, '>', $out) or croak "$out: $!";
+	print $fh $sql;
+	close $fh;
+	return $self->psql(undef, file => $out, %o);
+}
+
 sub quote {
 	my ($s) = @_;
 	return 'NULL' unless defined $s;
