@@ -81,6 +81,7 @@ log: { level: info, file: "-" }
 metrics: "127.0.0.1:9090"
 reject: reply
 snapshot_file: "$var/snapshot.bin"
+digest: { realm: "tollgate" }
 YAML
 
 cat <<MSG
@@ -91,8 +92,11 @@ Demo data: account "demo" may call from 127.0.0.20; 127.0.0.40 belongs to an ina
 Place a test call, in two other terminals:
   sipp -sf t/sip/uas.xml -i 127.0.0.10 -p 5080 -set expected_account demo -m 1
   sipp -sf t/sip/uac.xml -i 127.0.0.20 -s 1000 127.0.0.1:5060 -m 1
-and from an unknown address (refused with 403):
+and from an address no rule covers (challenged with 407: it has no password):
   sipp -sf t/sip/uac.xml -i 127.0.0.2 -s 1000 127.0.0.1:5060 -m 1
+SIP digest user "alice" (password alice-secret, account demo), from any address:
+  sipp -sf t/sip/uas_auth.xml -i 127.0.0.10 -p 5080 -set expected_account demo -set expected_user alice -m 1
+  sipp -sf t/sip/uac_auth.xml -i 127.0.0.3 -s 1000 -au alice -ap alice-secret 127.0.0.1:5060 -m 1
 Provision with SQL:  $psql -d tollgate
 Changes apply live; SIGHUP (kill -HUP on the master) re-reads the config.
 Ctrl-C stops tollgate and this private PostgreSQL.
