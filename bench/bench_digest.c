@@ -120,7 +120,7 @@ static double bench_whole(const fixture_t *f, shm_nonce_sh_t *sh, int *failures)
 		           digest_verify(&c, METHOD, f->ha1) &&
 		           shm_nonce_check(
 		                   sh, shm_nonce_key(sh, c.nonce, c.nonce_len, c.username, c.username_len),
-		                   ++nc_base, issued + 300, T0 + 5) == SHM_NONCE_OK;
+		                   ++nc_base, 0, issued + 300, T0 + 5) == SHM_NONCE_OK;
 
 		*failures += !good;
 	}
@@ -134,7 +134,7 @@ static double bench_replay_check(shm_nonce_sh_t *sh)
 	for (int i = 0; i < N; i++) {
 		if (i % 4096 == 0)
 			nc_base++;
-		sink += shm_nonce_check(sh, 0x9e3779b97f4a7c15ULL * (uint64_t)(i % 4096 + 1), nc_base,
+		sink += shm_nonce_check(sh, 0x9e3779b97f4a7c15ULL * (uint64_t)(i % 4096 + 1), nc_base, 0,
 		                        T0 + 300, T0 + 5);
 	}
 	return ns_per(t0, N);

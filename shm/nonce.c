@@ -94,7 +94,7 @@ static void probe(shm_nonce_sh_t *sh, uint32_t home, uint32_t fp, uint32_t now, 
  * The key lives in e (whose id was seen as id): accept nc if higher.
  * Returns a result, or AGAIN when the slot changed hands or is pending.
  */
-static int advance(shm_nonce_entry_sh_t *e, uint64_t id, uint32_t fp, uint32_t nc)
+static int advance(shm_nonce_entry_sh_t *e, uint64_t id, uint32_t fp, uint32_t nc, uint64_t txn)
 {
 	for (;;) {
 		uint64_t c = atomic_load(&e->count);
@@ -103,10 +103,14 @@ static int advance(shm_nonce_entry_sh_t *e, uint64_t id, uint32_t fp, uint32_t n
 			return AGAIN; /* released by a claimer that lost, or expired and reclaimed */
 		if (FP(c) != fp || LOW(c) == 0)
 			return AGAIN; /* claimed, not yet settled: another worker is mid-insert */
+		if (nc == LOW(c) && txn != 0 && atomic_load(&e->txn) == txn)
+			return SHM_NONCE_RETRANSMIT;
 		if (nc <= LOW(c))
 			return SHM_NONCE_REPLAY;
-		if (atomic_compare_exchange_strong(&e->count, &c, WORD(fp, nc)))
+		if (atomic_compare_exchange_strong(&e->count, &c, WORD(fp, nc))) {
+			atomic_store(&e->txn, txn);
 			return atomic_load(&e->id) == id ? SHM_NONCE_OK : SHM_NONCE_EXPIRED;
+		}
 	}
 }
 
@@ -117,7 +121,7 @@ static int advance(shm_nonce_entry_sh_t *e, uint64_t id, uint32_t fp, uint32_t n
  * claim homed here was validated meanwhile (it may be this very key).
  */
 static int insert(shm_nonce_sh_t *sh, const probe_t *p, uint32_t home, uint64_t ins_seen, uint32_t fp,
-                  uint32_t nc, uint32_t expiry)
+                  uint32_t nc, uint64_t txn, uint32_t expiry)
 {
 	shm_nonce_entry_sh_t *e = p->free;
 	uint64_t id = p->free_id, mine = WORD(fp, expiry), pending = WORD(fp, 0);
@@ -125,6 +129,7 @@ static int insert(shm_nonce_sh_t *sh, const probe_t *p, uint32_t home, uint64_t 
 	if (!atomic_compare_exchange_strong(&e->id, &id, mine))
 		return AGAIN;
 	atomic_store(&e->count, pending);
+	atomic_store(&e->txn, txn); /* the slot is ours until count settles */
 	if (!atomic_compare_exchange_strong(&sh->entry[home].ins, &ins_seen, ins_seen + 1)) {
 		/* nobody advanced a pending slot, so nothing is lost by letting it go */
 		atomic_compare_exchange_strong(&e->id, &mine, 0);
@@ -141,8 +146,8 @@ static int insert(shm_nonce_sh_t *sh, const probe_t *p, uint32_t home, uint64_t 
 	return SHM_NONCE_OK;
 }
 
-shm_nonce_result_t shm_nonce_check(shm_nonce_sh_t *sh, uint64_t key, uint32_t nc, uint64_t expires_s,
-                                   uint64_t now_s)
+shm_nonce_result_t shm_nonce_check(shm_nonce_sh_t *sh, uint64_t key, uint32_t nc, uint64_t txn,
+                                   uint64_t expires_s, uint64_t now_s)
 {
 	uint32_t home = (uint32_t)key & sh->mask, fp = key_fp(key);
 	uint32_t now = now_s > UINT32_MAX ? UINT32_MAX : (uint32_t)now_s;
@@ -163,9 +168,9 @@ shm_nonce_result_t shm_nonce_check(shm_nonce_sh_t *sh, uint64_t key, uint32_t nc
 
 		probe(sh, home, fp, now, &p);
 		if (p.match) {
-			r = advance(p.match, p.match_id, fp, nc);
+			r = advance(p.match, p.match_id, fp, nc, txn);
 		} else if (p.free) {
-			r = insert(sh, &p, home, ins_seen, fp, nc, expiry);
+			r = insert(sh, &p, home, ins_seen, fp, nc, txn, expiry);
 		} else {
 			atomic_fetch_add(&sh->full, 1);
 			return SHM_NONCE_FULL;
@@ -179,6 +184,8 @@ shm_nonce_result_t shm_nonce_check(shm_nonce_sh_t *sh, uint64_t key, uint32_t nc
 		atomic_fetch_add(&sh->replays, 1);
 	else if (r == SHM_NONCE_EXPIRED)
 		atomic_fetch_add(&sh->expired, 1);
+	else if (r == SHM_NONCE_RETRANSMIT)
+		atomic_fetch_add(&sh->retransmits, 1);
 	return (shm_nonce_result_t)r;
 }
 
@@ -195,6 +202,8 @@ const char *shm_nonce_result_name(shm_nonce_result_t r)
 		return "full";
 	case SHM_NONCE_BUSY:
 		return "busy";
+	case SHM_NONCE_RETRANSMIT:
+		return "retransmit";
 	}
 	return "unknown";
 }

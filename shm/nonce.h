@@ -72,7 +72,7 @@ typedef struct shm_nonce_entry_sh {
 	_Atomic uint64_t id;    /* fp << 32 | expiry (s, caller clock), 0 = unused; writer: workers, CAS */
 	_Atomic uint64_t count; /* fp << 32 | highest nc accepted, 0 = pending; writer: workers, CAS */
 	_Atomic uint64_t ins;   /* validated claims of keys homed here; writer: workers, CAS */
-	uint64_t pad;           /* to 32 bytes */
+	_Atomic uint64_t txn;   /* the request that set count, see shm_nonce_check(); writer: workers */
 } shm_nonce_entry_sh_t;
 
 typedef struct shm_nonce_sh {
@@ -84,15 +84,17 @@ typedef struct shm_nonce_sh {
 	_Alignas(64) _Atomic uint64_t full;        /* refused: probe window full; writer: workers */
 	_Alignas(64) _Atomic uint64_t busy;        /* refused: key mid-insert elsewhere; writer: workers */
 	_Alignas(64) _Atomic uint64_t expired;     /* refused: entry or nonce expired; writer: workers */
+	_Alignas(64) _Atomic uint64_t retransmits; /* the accepted request again: passed; writer: workers */
 	_Alignas(64) shm_nonce_entry_sh_t entry[]; /* [capacity] */
 } shm_nonce_sh_t;
 
 typedef enum shm_nonce_result {
-	SHM_NONCE_OK,      /* nc above all accepted before: accepted and recorded */
-	SHM_NONCE_REPLAY,  /* nc not above the highest accepted for this key (or 0) */
-	SHM_NONCE_EXPIRED, /* expires_s <= now_s, or the entry expired during the call */
-	SHM_NONCE_FULL,    /* no free slot in the key's probe window */
-	SHM_NONCE_BUSY,    /* another worker is mid-insert of this key (or died there) */
+	SHM_NONCE_OK,         /* nc above all accepted before: accepted and recorded */
+	SHM_NONCE_REPLAY,     /* nc not above the highest accepted for this key (or 0) */
+	SHM_NONCE_EXPIRED,    /* expires_s <= now_s, or the entry expired during the call */
+	SHM_NONCE_FULL,       /* no free slot in the key's probe window */
+	SHM_NONCE_BUSY,       /* another worker is mid-insert of this key (or died there) */
+	SHM_NONCE_RETRANSMIT, /* nc equals the highest accepted, by the same request (txn): pass again */
 } shm_nonce_result_t;
 
 /* Bytes the table takes for capacity slots (a multiple of 64). */
@@ -106,14 +108,24 @@ uint64_t shm_nonce_key(const shm_nonce_sh_t *sh, const char *nonce, size_t nonce
  * Check nc against the highest accepted for key and, when higher, record
  * it. expires_s is when the nonce stops being valid (issued_s + ttl_s
  * from digest_nonce_check()), on the same clock as now_s; both < 2^32.
- * What to answer: OK pass; REPLAY 403; EXPIRED and BUSY a fresh
+ * txn fingerprints the request (0: none): a UDP retransmission of the
+ * request that was accepted repeats its nonce count, and must pass again
+ * rather than fail the call with a 403 (a stateless proxy forwards
+ * retransmissions). The caller makes it from the top Via branch, Call-ID,
+ * CSeq and the source address and port, so a captured request replayed
+ * from anywhere else is still a replay; one replayed from the very same
+ * address and port is a retransmission to the next hop too (same branch),
+ * which absorbs it. txn is stored just after the count, so the retransmission
+ * of the one request of two racing on the same nonce that lost that last
+ * store reads as a replay.
+ * What to answer: OK and RETRANSMIT pass; REPLAY 403; EXPIRED and BUSY a fresh
  * challenge with stale=true (the password was right, the client retries
  * with a new nonce at once); FULL 503, logged: the table is too small
  * for the traffic, an operator's matter (a fresh nonce would likely find
  * the table as full).
  */
-shm_nonce_result_t shm_nonce_check(shm_nonce_sh_t *sh, uint64_t key, uint32_t nc, uint64_t expires_s,
-                                   uint64_t now_s);
+shm_nonce_result_t shm_nonce_check(shm_nonce_sh_t *sh, uint64_t key, uint32_t nc, uint64_t txn,
+                                   uint64_t expires_s, uint64_t now_s);
 const char *shm_nonce_result_name(shm_nonce_result_t r);
 
 #endif

@@ -42,6 +42,7 @@ static const char *const reason_names[SHM_R_COUNT] = {
         "nonce_replay",
         "nonce_table_full",
         "egress_denied",
+        "aor_mismatch",
 };
 static const char *const digest_names[SHM_D_COUNT] = {"challenged", "stale", "accepted", "failed", "dialog"};
 

@@ -93,6 +93,7 @@ enum shm_reason {
 	SHM_R_NONCE_REPLAY,     /* a nonce count that did not increase */
 	SHM_R_NONCE_TABLE_FULL, /* capacity.nonces too small for the traffic */
 	SHM_R_EGRESS_DENIED,    /* the softswitch's request to an address no egress rule covers */
+	SHM_R_AOR_MISMATCH,     /* a REGISTER for another user than the one authenticated */
 	SHM_R_COUNT
 };
 

@@ -252,7 +252,7 @@ static int find_credentials(worker_t *w, osip_message_t *msg, digest_creds_t *c,
 }
 
 /* Take out every credential for our realm: they end here and are nobody else's business. */
-static void strip_credentials(worker_t *w, osip_message_t *msg)
+void auth_strip_credentials(worker_t *w, osip_message_t *msg)
 {
 	osip_list_t *lists[2] = {&msg->authorizations, &msg->proxy_authorizations};
 	const char *realm = w->c->cfg.digest_realm;
@@ -278,6 +278,37 @@ static const char *user_domain(osip_message_t *msg)
 	osip_from_t *f = MSG_IS_REGISTER(msg) ? msg->to : msg->from;
 
 	return f != NULL && f->url != NULL && f->url->host != NULL ? f->url->host : "";
+}
+
+/*
+ * What makes a request the same one again (RFC 3261 17.2.3: branch,
+ * Call-ID, CSeq) from the same place: a retransmission's fingerprint.
+ */
+static uint64_t request_fingerprint(const worker_t *w, const pkt_t *p, osip_message_t *msg)
+{
+	osip_via_t *via = NULL;
+	osip_generic_param_t *br = NULL;
+	char in[1024];
+	int n;
+
+	osip_message_get_via(msg, 0, &via);
+	if (via != NULL)
+		osip_via_param_get_byname(via, "branch", &br);
+	n = snprintf(in, sizeof in, "%s\n%s\n%s\n%s\n%s", br && br->gvalue ? br->gvalue : "",
+	             sip_call_id(msg) ? sip_call_id(msg) : "",
+	             msg->cseq && msg->cseq->number ? msg->cseq->number : "", msg->sip_method, p->srcstr);
+	if (n < 0 || n >= (int)sizeof in)
+		n = sizeof in - 1;
+	return tg_siphash(w->c->shm->hdr->secret, in, (size_t)n) | 1; /* 0 means "none" */
+}
+
+static int register_is_own(osip_message_t *msg, const snap_user_sh_t *u)
+{
+	const osip_uri_t *to = msg->to != NULL ? msg->to->url : NULL;
+
+	if (to == NULL || to->username == NULL || strcmp(to->username, u->username) != 0)
+		return 0;
+	return u->domain[0] == '\0' || (to->host != NULL && strcasecmp(to->host, u->domain) == 0);
 }
 
 int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
@@ -334,6 +365,15 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 		fail(w, p, msg, SHM_R_WRONG_PASSWORD, c.username, 403, "Forbidden");
 		return AUTH_ANSWERED;
 	}
+	/*
+	 * RFC 3261 10.3: a REGISTER binds the To address; alice's password must
+	 * not register bob. The To user is alice's name, and its host her
+	 * domain when she has one.
+	 */
+	if (MSG_IS_REGISTER(msg) && !register_is_own(msg, u)) {
+		fail(w, p, msg, SHM_R_AOR_MISMATCH, c.username, 403, "Forbidden");
+		return AUTH_ANSWERED;
+	}
 	/* the password was right: a nonce that is old or not ours asks for a fresh one, not a refusal */
 	ns = digest_nonce_check(nonce_secret(w), c.nonce, c.nonce_len, now, cfg->nonce_ttl_s, NULL, 0,
 	                        &issued);
@@ -344,8 +384,9 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 	switch (shm_nonce_check(
 	        w->c->shm->nonce,
 	        shm_nonce_key(w->c->shm->nonce, c.nonce, c.nonce_len, c.username, c.username_len), c.nc_value,
-	        issued + cfg->nonce_ttl_s, now)) {
+	        request_fingerprint(w, p, msg), issued + cfg->nonce_ttl_s, now)) {
 	case SHM_NONCE_OK:
+	case SHM_NONCE_RETRANSMIT: /* the accepted request again, lost on the way: forward it again */
 		break;
 	case SHM_NONCE_REPLAY:
 		fail(w, p, msg, SHM_R_NONCE_REPLAY, c.username, 403, "Forbidden");
@@ -363,7 +404,7 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 		return AUTH_ANSWERED;
 	}
 	atomic_fetch_add_explicit(&w->stats->digest[SHM_D_ACCEPTED], 1, memory_order_relaxed);
-	strip_credentials(w, msg);
+	auth_strip_credentials(w, msg);
 	id->account = a;
 	id->user = u;
 	if (u->domain[0] != '\0')

@@ -29,6 +29,9 @@ typedef struct auth_id {
  */
 int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id);
 
+/* Remove every credential for our realm (digest on): they end at tollgate. */
+void auth_strip_credentials(worker_t *w, osip_message_t *msg);
+
 /* A route token (auth.c explains what it carries and why). */
 typedef struct auth_token {
 	char kind; /* 'D' dialog, 'P' path */

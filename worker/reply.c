@@ -16,20 +16,36 @@
 
 #define RAW_REPLY_MAX 4096
 
-static void add_to_tag(worker_t *w, osip_message_t *req, osip_to_t *to)
+/* The To tag of our replies to req: the same for its retransmissions, its ACK and its CANCEL. */
+static void our_tag(const worker_t *w, osip_message_t *req, char *hex, size_t len)
 {
-	osip_generic_param_t *tag = NULL;
-	char in[512], hex[24];
+	char in[512];
 	int n;
 
-	if (osip_to_get_tag(to, &tag) == 0 && tag != NULL)
-		return;
 	n = snprintf(in, sizeof(in), "%s|%s", sip_call_id(req) ? sip_call_id(req) : "",
 	             req->cseq && req->cseq->number ? req->cseq->number : "");
 	if (n < 0 || (size_t)n >= sizeof(in))
 		n = sizeof(in) - 1;
-	snprintf(hex, sizeof(hex), "tg%016llx",
+	snprintf(hex, len, "tg%016llx",
 	         (unsigned long long)tg_siphash(w->c->shm->hdr->secret + 16, in, (size_t)n));
+}
+
+int reply_tag_is_ours(const worker_t *w, osip_message_t *req, const char *tag)
+{
+	char hex[24];
+
+	our_tag(w, req, hex, sizeof hex);
+	return tag != NULL && strcmp(tag, hex) == 0;
+}
+
+static void add_to_tag(worker_t *w, osip_message_t *req, osip_to_t *to)
+{
+	osip_generic_param_t *tag = NULL;
+	char hex[24];
+
+	if (osip_to_get_tag(to, &tag) == 0 && tag != NULL)
+		return;
+	our_tag(w, req, hex, sizeof hex);
 	osip_to_set_tag(to, osip_strdup(hex));
 }
 

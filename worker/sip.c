@@ -424,17 +424,51 @@ static void forward_request(worker_t *w, const pkt_t *p, osip_message_t *msg, co
 		       "src=%s method=%s call_id=%s", p->srcstr, msg->sip_method, sip_call_id(msg));
 }
 
-/* What a customer said about who it is goes: only tollgate names the account and the user. */
+/* Path entries naming one of our listeners: only tollgate mints those, with a token it checks. */
+static void strip_our_paths(worker_t *w, osip_message_t *msg)
+{
+	const tg_config_t *cfg = &w->c->cfg;
+
+	for (int i = 0; i < osip_list_size(&msg->headers);) {
+		osip_header_t *h = osip_list_get(&msg->headers, i);
+		int ours = 0;
+
+		if (h != NULL && h->hname != NULL && osip_strcasecmp(h->hname, "Path") == 0 &&
+		    h->hvalue != NULL)
+			for (int l = 0; l < cfg->nlisten && !ours; l++)
+				ours = strstr(h->hvalue, cfg->listen[l].advertise) != NULL;
+		if (ours) {
+			osip_list_remove(&msg->headers, i);
+			osip_header_free(h);
+		} else {
+			i++;
+		}
+	}
+}
+
+/*
+ * What a customer said about who it is goes: only tollgate names the
+ * account and the user, mints Path entries naming itself, and reads the
+ * credentials for its realm.
+ */
 static void strip_identity(worker_t *w, osip_message_t *msg)
 {
 	remove_header(msg, w->c->cfg.account_header);
 	remove_header(msg, w->c->cfg.user_header);
+	strip_our_paths(w, msg);
 }
 
+static void to_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg, const char *account,
+                          const char *rr_user, int64_t path_account);
+
+/* Every customer request leaves this way; credentials for our realm never leave at all. */
 static void to_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg, const char *account,
                           const char *rr_user, int64_t path_account)
 {
 	const tg_config_t *cfg = &w->c->cfg;
+
+	if (cfg->digest_realm[0] != '\0')
+		auth_strip_credentials(w, msg);
 
 	forward_request(w, p, msg, (const struct sockaddr *)&cfg->downstream, cfg->downstream_len, account,
 	                rr_user, path_account);
@@ -458,17 +492,30 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 	 * that address still (any port: a NAT may rebind the port), so a
 	 * token seen on the wire is no use to anyone else.
 	 */
-	if (!initial && token[0] != '\0' &&
+	if (!initial && token[0] != '\0' && !MSG_IS_REGISTER(msg) && !MSG_IS_PUBLISH(msg) &&
 	    auth_token_check(w, token, sip_call_id(msg), tag_of(msg->from), tag_of(msg->to), &t) == 0 &&
 	    t.kind == 'D' && tg_ip_cmp(&t.ip, &p->src_ip) == 0) {
-		/* in a dialog that passed digest (or reached a registered device): no credentials asked */
+		/*
+		 * In a dialog that passed digest (or reached a registered device): no
+		 * credentials asked. Never a REGISTER or PUBLISH: those are not
+		 * dialog requests, and a token must not stand in for a login.
+		 */
 		atomic_fetch_add_explicit(&w->stats->digest[SHM_D_DIALOG], 1, memory_order_relaxed);
 		to_downstream(w, p, msg, NULL, NULL, -1);
 		return;
 	}
 	if (MSG_IS_ACK(msg)) {
-		/* the ACK of our own 401/407, or of a dialog we know nothing of: absorbed */
-		worker_count(w, SHM_M_ACK, SHM_O_DROPPED);
+		/*
+		 * An ACK cannot be challenged. The ACK of our own 401/407 ends here.
+		 * Any other (a non-2xx ACK, which carries the INVITE's route and no
+		 * token; a 2xx ACK from a phone that ignored our Record-Route) goes
+		 * on like a CANCEL: our branch covers its source address, so it
+		 * matches only a transaction that came from there.
+		 */
+		if (reply_tag_is_ours(w, msg, tag_of(msg->to)))
+			worker_count(w, SHM_M_ACK, SHM_O_DROPPED);
+		else
+			to_downstream(w, p, msg, NULL, NULL, -1);
 		return;
 	}
 	if (MSG_IS_CANCEL(msg) && initial) {

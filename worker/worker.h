@@ -47,6 +47,8 @@ void reply_send(worker_t *w, const pkt_t *p, osip_message_t *req, int code, cons
 /* The same with extra headers (names[i]: values[i]), e.g. a challenge. */
 void reply_send_headers(worker_t *w, const pkt_t *p, osip_message_t *req, int code, const char *reason,
                         const char *const *names, const char *const *values, int n);
+/* 1 when tag is the To tag tollgate put on its own replies to req (an ACK's, say). */
+int reply_tag_is_ours(const worker_t *w, osip_message_t *req, const char *tag);
 /* Parser gave up: answer 400 from the raw header lines when a Via is there, else nothing. Returns 1 if sent.
  */
 int reply_raw_400(worker_t *w, const pkt_t *p, const char *why);

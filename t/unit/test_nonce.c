@@ -61,23 +61,24 @@ static void test_nonce_basics(void)
 	uint64_t k = shm_nonce_key(sh, "abc", 3, "alice", 5), exp = T0 + 300;
 
 	is_int(len % 64, 0, "table size is a whole number of cache lines");
-	is_int(shm_nonce_check(sh, k, 1, exp, T0), SHM_NONCE_OK, "first nc=1 of a nonce: OK");
-	is_int(shm_nonce_check(sh, k, 1, exp, T0), SHM_NONCE_REPLAY, "nc=1 again: REPLAY");
-	is_int(shm_nonce_check(sh, k, 2, exp, T0), SHM_NONCE_OK, "nc=2: OK");
-	is_int(shm_nonce_check(sh, k, 5, exp, T0), SHM_NONCE_OK, "nc=5 (skipping some): OK");
-	is_int(shm_nonce_check(sh, k, 3, exp, T0), SHM_NONCE_REPLAY, "nc=3 after 5: REPLAY");
-	is_int(shm_nonce_check(sh, k, 5, exp, T0 + 1), SHM_NONCE_REPLAY, "nc=5 again a second later: REPLAY");
-	is_int(shm_nonce_check(sh, k, 0, exp, T0), SHM_NONCE_REPLAY, "nc=0: REPLAY");
-	is_int(shm_nonce_check(sh, shm_nonce_key(sh, "abc", 3, "bob", 3), 1, exp, T0), SHM_NONCE_OK,
+	is_int(shm_nonce_check(sh, k, 1, 0, exp, T0), SHM_NONCE_OK, "first nc=1 of a nonce: OK");
+	is_int(shm_nonce_check(sh, k, 1, 0, exp, T0), SHM_NONCE_REPLAY, "nc=1 again: REPLAY");
+	is_int(shm_nonce_check(sh, k, 2, 0, exp, T0), SHM_NONCE_OK, "nc=2: OK");
+	is_int(shm_nonce_check(sh, k, 5, 0, exp, T0), SHM_NONCE_OK, "nc=5 (skipping some): OK");
+	is_int(shm_nonce_check(sh, k, 3, 0, exp, T0), SHM_NONCE_REPLAY, "nc=3 after 5: REPLAY");
+	is_int(shm_nonce_check(sh, k, 5, 0, exp, T0 + 1), SHM_NONCE_REPLAY,
+	       "nc=5 again a second later: REPLAY");
+	is_int(shm_nonce_check(sh, k, 0, 0, exp, T0), SHM_NONCE_REPLAY, "nc=0: REPLAY");
+	is_int(shm_nonce_check(sh, shm_nonce_key(sh, "abc", 3, "bob", 3), 1, 0, exp, T0), SHM_NONCE_OK,
 	       "same nonce, another username: its own count");
 	ok(shm_nonce_key(sh, "ab", 2, "c", 1) != shm_nonce_key(sh, "a", 1, "bc", 2),
 	   "key of (\"ab\",\"c\") differs from (\"a\",\"bc\")");
 	is_int(atomic_load(&sh->inserts), 2, "two keys inserted");
 	is_int(atomic_load(&sh->replays), 4, "four replays counted");
 
-	is_int(shm_nonce_check(sh, k, 6, exp, exp - 1), SHM_NONCE_OK, "a second before expiry: OK");
-	is_int(shm_nonce_check(sh, k, 7, exp, exp), SHM_NONCE_EXPIRED, "at expiry: EXPIRED");
-	is_int(shm_nonce_check(sh, k, 7, exp + 300, exp), SHM_NONCE_OK,
+	is_int(shm_nonce_check(sh, k, 6, 0, exp, exp - 1), SHM_NONCE_OK, "a second before expiry: OK");
+	is_int(shm_nonce_check(sh, k, 7, 0, exp, exp), SHM_NONCE_EXPIRED, "at expiry: EXPIRED");
+	is_int(shm_nonce_check(sh, k, 7, 0, exp + 300, exp), SHM_NONCE_OK,
 	       "the same key with a later expiry once the old entry expired: a new entry");
 	munmap(sh, len);
 }
@@ -90,26 +91,27 @@ static void test_nonce_full(void)
 	int oks = 0, replays = 0;
 
 	for (uint32_t i = 0; i < SHM_NONCE_PROBE; i++)
-		oks += shm_nonce_check(sh, key_at(5, 100 + i), 1, T0 + 10, T0) == SHM_NONCE_OK;
+		oks += shm_nonce_check(sh, key_at(5, 100 + i), 1, 0, T0 + 10, T0) == SHM_NONCE_OK;
 	is_int(oks, SHM_NONCE_PROBE, "%d keys with one home slot fill its probe window", SHM_NONCE_PROBE);
-	is_int(shm_nonce_check(sh, key_at(5, 999), 1, T0 + 10, T0), SHM_NONCE_FULL, "one more: FULL");
+	is_int(shm_nonce_check(sh, key_at(5, 999), 1, 0, T0 + 10, T0), SHM_NONCE_FULL, "one more: FULL");
 	is_int(atomic_load(&sh->full), 1, "FULL counted");
 	for (uint32_t i = 0; i < SHM_NONCE_PROBE; i++)
-		replays += shm_nonce_check(sh, key_at(5, 100 + i), 1, T0 + 10, T0) == SHM_NONCE_REPLAY;
+		replays += shm_nonce_check(sh, key_at(5, 100 + i), 1, 0, T0 + 10, T0) == SHM_NONCE_REPLAY;
 	is_int(replays, SHM_NONCE_PROBE, "every live entry survived the refusal (nc=1 still a replay)");
-	is_int(shm_nonce_check(sh, key_at(6, 998), 1, T0 + 10, T0), SHM_NONCE_OK,
+	is_int(shm_nonce_check(sh, key_at(6, 998), 1, 0, T0 + 10, T0), SHM_NONCE_OK,
 	       "a key homed one slot later still finds the slot after the window");
-	is_int(shm_nonce_check(sh, key_at(5, 999), 1, T0 + 20, T0 + 10), SHM_NONCE_OK,
+	is_int(shm_nonce_check(sh, key_at(5, 999), 1, 0, T0 + 20, T0 + 10), SHM_NONCE_OK,
 	       "after the window's entries expire, the refused key gets a reused slot");
 
 	/* a window that wraps round the end of the table, once everything above expired */
 	for (uint32_t i = 0; i < SHM_NONCE_PROBE; i++)
-		oks += shm_nonce_check(sh, key_at(cap - 3, 200 + i), 1, T0 + 1000, T0 + 20) == SHM_NONCE_OK;
+		oks += shm_nonce_check(sh, key_at(cap - 3, 200 + i), 1, 0, T0 + 1000, T0 + 20) ==
+		       SHM_NONCE_OK;
 	is_int(oks, 2 * SHM_NONCE_PROBE, "a window wrapping round the table's end takes %d keys",
 	       SHM_NONCE_PROBE);
 	oks = 0;
 	for (uint32_t i = 0; i < 4; i++)
-		oks += shm_nonce_check(sh, key_at(0, 300 + i), 1, T0 + 1000, T0 + 20) == SHM_NONCE_OK;
+		oks += shm_nonce_check(sh, key_at(0, 300 + i), 1, 0, T0 + 1000, T0 + 20) == SHM_NONCE_OK;
 	is_int(oks, 3, "keys homed at slot 0 find the 3 slots the wrapped window left (0..12 taken)");
 	munmap(sh, len);
 }
@@ -124,12 +126,12 @@ static void test_nonce_dead_claimer(void)
 
 	atomic_store(&sh->entry[9].id, (uint64_t)77 << 32 | (T0 + 10));
 	atomic_store(&sh->entry[9].count, (uint64_t)77 << 32); /* pending */
-	is_int(shm_nonce_check(sh, k, 1, T0 + 10, T0), SHM_NONCE_BUSY,
+	is_int(shm_nonce_check(sh, k, 1, 0, T0 + 10, T0), SHM_NONCE_BUSY,
 	       "a key left pending by a dead worker: BUSY");
 	is_int(atomic_load(&sh->busy), 1, "BUSY counted");
-	is_int(shm_nonce_check(sh, key_at(9, 78), 1, T0 + 10, T0), SHM_NONCE_OK,
+	is_int(shm_nonce_check(sh, key_at(9, 78), 1, 0, T0 + 10, T0), SHM_NONCE_OK,
 	       "another key with the same home is not held up");
-	is_int(shm_nonce_check(sh, k, 1, T0 + 30, T0 + 10), SHM_NONCE_OK,
+	is_int(shm_nonce_check(sh, k, 1, 0, T0 + 30, T0 + 10), SHM_NONCE_OK,
 	       "once the pending slot expires: reused");
 
 	/* a claimer that lost its validation and died before letting go, in front of the key's real slot */
@@ -138,9 +140,31 @@ static void test_nonce_dead_claimer(void)
 	atomic_store(&sh->entry[20].count, (uint64_t)55 << 32);
 	atomic_store(&sh->entry[21].id, (uint64_t)55 << 32 | (T0 + 100));
 	atomic_store(&sh->entry[21].count, (uint64_t)55 << 32 | 1);
-	is_int(shm_nonce_check(sh, k, 2, T0 + 100, T0), SHM_NONCE_OK,
+	is_int(shm_nonce_check(sh, k, 2, 0, T0 + 100, T0), SHM_NONCE_OK,
 	       "a stale pending slot before the key's settled one does not hide it: nc=2 OK");
-	is_int(shm_nonce_check(sh, k, 2, T0 + 100, T0), SHM_NONCE_REPLAY, "... and nc=2 again is a REPLAY");
+	is_int(shm_nonce_check(sh, k, 2, 0, T0 + 100, T0), SHM_NONCE_REPLAY,
+	       "... and nc=2 again is a REPLAY");
+	munmap(sh, len);
+}
+
+/* A retransmission of the accepted request passes; the same nc from another request does not. */
+static void test_nonce_retransmit(void)
+{
+	size_t len = shm_nonce_size(64);
+	shm_nonce_sh_t *sh = shm_nonce_init(shared_map(len), 64, seed);
+	uint64_t k = shm_nonce_key(sh, "n1", 2, "alice", 5), exp = T0 + 300;
+
+	is_int(shm_nonce_check(sh, k, 1, 111, exp, T0), SHM_NONCE_OK, "nc=1 by request A: OK");
+	is_int(shm_nonce_check(sh, k, 1, 111, exp, T0 + 1), SHM_NONCE_RETRANSMIT,
+	       "A again (a retransmission): RETRANSMIT");
+	is_int(shm_nonce_check(sh, k, 1, 222, exp, T0 + 1), SHM_NONCE_REPLAY, "nc=1 by request B: REPLAY");
+	is_int(shm_nonce_check(sh, k, 1, 0, exp, T0 + 1), SHM_NONCE_REPLAY,
+	       "nc=1 with no fingerprint: REPLAY");
+	is_int(shm_nonce_check(sh, k, 2, 333, exp, T0 + 2), SHM_NONCE_OK, "nc=2 by request C: OK");
+	is_int(shm_nonce_check(sh, k, 1, 111, exp, T0 + 2), SHM_NONCE_REPLAY,
+	       "A again after C: REPLAY (nc no longer the highest)");
+	is_int(shm_nonce_check(sh, k, 2, 333, exp, T0 + 2), SHM_NONCE_RETRANSMIT, "C again: RETRANSMIT");
+	is_int((int)atomic_load(&sh->retransmits), 2, "retransmissions counted");
 	munmap(sh, len);
 }
 
@@ -183,6 +207,7 @@ static void race_count(race_sh_t *r, shm_nonce_result_t res, int epoch, int i, u
 		atomic_fetch_add(&r->busy, 1);
 		break;
 	case SHM_NONCE_FULL:
+	case SHM_NONCE_RETRANSMIT: /* never: no fingerprint given; counted as a failure of the table */
 		atomic_fetch_add(&r->full, 1);
 		break;
 	case SHM_NONCE_EXPIRED:
@@ -206,8 +231,8 @@ static void nonce_racer(shm_nonce_sh_t *sh, race_sh_t *r, int me)
 			for (int j = 0; j < RACE_KEYS; j++) {
 				int i = me & 1 ? RACE_KEYS - 1 - j : j; /* two go up, two go down */
 
-				race_count(r, shm_nonce_check(sh, race_key(e, i), nc, now + 600, now), e, i,
-				           nc);
+				race_count(r, shm_nonce_check(sh, race_key(e, i), nc, 0, now + 600, now), e,
+				           i, nc);
 			}
 		}
 		race_barrier(r, e);
@@ -322,7 +347,7 @@ static void storm_body(int me, void *arg)
 		for (int j = 0; j < NPROCS; j++) {
 			int q = (me + j) % NPROCS; /* each starts with a different key */
 			uint64_t key = key_at(0, 1 + (uint32_t)(k * NPROCS + q));
-			shm_nonce_result_t res = shm_nonce_check(a->sh, key, 1, expiry, now);
+			shm_nonce_result_t res = shm_nonce_check(a->sh, key, 1, 0, expiry, now);
 
 			if (res == SHM_NONCE_OK)
 				atomic_fetch_add(&a->r->wins[k][q], 1);
@@ -496,6 +521,7 @@ int main(void)
 {
 	setvbuf(stdout, NULL, _IONBF, 0); /* forked children must not inherit buffered output */
 	test_nonce_basics();
+	test_nonce_retransmit();
 	test_nonce_full();
 	test_nonce_dead_claimer();
 	test_nonce_race();

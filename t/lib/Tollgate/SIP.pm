@@ -448,3 +448,287 @@ sub as_string {
 }
 
 1;
+
+###########################################################################
+# SIP digest authentication (RFC 3261 22, RFC 7616, RFC 8760) for the
+# tests: read the challenges of a 401/407, answer them, ACK a non-2xx
+# final response; and Tollgate::SIP::Relay, which plays an MD5-only
+# client in front of sipp. Digest::MD5 and Digest::SHA are in Perl core.
+#
+#   my ($r, $req) = $c->request(method => 'INVITE');       # 407
+#   $c->send($c->ack_for($req, $r));
+#   my ($ch) = grep { $_->{algorithm} eq 'MD5' } $r->challenges;
+#   my $cred = Tollgate::SIP::digest_credentials(challenge => $ch,
+#       username => 'alice', password => 'secret', method => 'INVITE',
+#       uri => $req->uri, nc => 1);
+#   $c->request(method => 'INVITE', headers => [[ 'Proxy-Authorization' => $cred ]]);
+
+package Tollgate::SIP;
+
+use Digest::MD5 ();
+use Digest::SHA ();
+
+# parse_auth($value) — ('Digest', { realm => ..., nonce => ..., ... }) of a
+# challenge or credentials value; parameter names lower case, values
+# unquoted. A parameter given twice keeps its first value and is listed
+# in $params->{_dup}.
+sub parse_auth {
+	my ($value) = @_;
+	my ($scheme, $rest) = ($value // '') =~ /^\s*([!-~]+?)(?:\s+(.*))?$/s or return;
+	my %p;
+	$rest //= '';
+	while ($rest =~ /\G[\s,]*([A-Za-z0-9_*-]+)\s*=\s*("((?:[^"\\]|\\.)*)"|[^\s,]*)\s*/gc) {
+		my ($k, $v) = (lc $1, defined $3 ? $3 : $2);
+		$v =~ s/\\(.)/$1/g if defined $3;
+		if (exists $p{$k}) {
+			push @{ $p{_dup} }, $k;
+			next;
+		}
+		$p{$k} = $v;
+	}
+	return ($scheme, \%p);
+}
+
+# The hash of an algorithm as named in a challenge: MD5 or SHA-256.
+sub digest_hash {
+	my ($alg, $data) = @_;
+	return Digest::MD5::md5_hex($data) if !defined $alg || uc $alg eq 'MD5';
+	return Digest::SHA::sha256_hex($data) if uc $alg eq 'SHA-256';
+	Carp::croak("digest_hash: no algorithm '$alg' here");
+}
+
+# digest_response(algorithm => 'MD5'|'SHA-256', username, realm, password
+# (or ha1 => HEX), method, uri, nonce, nc (a number or 8 hex digits),
+# cnonce, qop (default auth; '' for the RFC 2069 form)) — the response in
+# lower-case hex, RFC 7616 3.4.1.
+sub digest_response {
+	my (%o) = @_;
+	my $alg = $o{algorithm} // 'MD5';
+	my $ha1 = $o{ha1} // digest_hash($alg, "$o{username}:$o{realm}:$o{password}");
+	my $ha2 = digest_hash($alg, "$o{method}:$o{uri}");
+	my $qop = $o{qop} // 'auth';
+	return digest_hash($alg, "$ha1:$o{nonce}:$ha2") if $qop eq '';
+	my $nc = $o{nc} // 1;
+	$nc = sprintf('%08x', $nc) unless $nc =~ /^[0-9a-fA-F]{8}$/;
+	return digest_hash($alg, "$ha1:$o{nonce}:$nc:$o{cnonce}:$qop:$ha2");
+}
+
+# digest_credentials(challenge => HASH from ->challenges (realm, nonce,
+# algorithm), username, password, method, uri, nc => 1, cnonce, and any
+# of realm, nonce, algorithm, qop to override the challenge's; response
+# => HEX to send a given one; omit => [param names]; extra => 'k=v') —
+# the value of an Authorization / Proxy-Authorization header.
+sub digest_credentials {
+	my (%o) = @_;
+	my $ch = $o{challenge} // {};
+	my %v = (
+		username => $o{username},
+		realm => $o{realm} // $ch->{realm},
+		nonce => $o{nonce} // $ch->{nonce},
+		uri => $o{uri},
+		algorithm => $o{algorithm} // $ch->{algorithm} // 'MD5',
+		qop => exists $o{qop} ? $o{qop} : 'auth',
+		nc => sprintf('%08x', $o{nc} // 1),
+		cnonce => $o{cnonce} // _rand(),
+	);
+	$v{response} = $o{response} // digest_response(%v, method => $o{method},
+	    password => $o{password}, ha1 => $o{ha1}, qop => $v{qop} // '');
+	my %omit = map { $_ => 1 } @{ $o{omit} // [] };
+	delete $v{qop} if !defined $v{qop} || $v{qop} eq '';
+	if ($omit{qop} || !defined $v{qop}) {
+		$omit{$_} = 1 for qw(qop nc cnonce);
+	}
+	my @order = qw(username realm nonce uri response algorithm qop nc cnonce);
+	my %bare = map { $_ => 1 } qw(algorithm qop nc);
+	my @parts;
+	for my $k (@order) {
+		next if $omit{$k} || !defined $v{$k};
+		(my $q = $v{$k}) =~ s/(["\\])/\\$1/g;
+		push @parts, $bare{$k} ? "$k=$v{$k}" : "$k=\"$q\"";
+	}
+	push @parts, $o{extra} if defined $o{extra};
+	return 'Digest ' . join(', ', @parts);
+}
+
+# ack_for($request, $response) — the ACK of a non-2xx final response to an
+# INVITE (RFC 3261 17.1.1.3): same Request-URI, top Via, From, Call-ID
+# and CSeq number, the response's To (with its tag), the request's Route.
+sub ack_for {
+	my ($self, $req, $resp) = @_;
+	my ($cseq) = ($req->header('cseq') // '1') =~ /^\s*(\d+)/;
+	my @h = (
+		[ 'Via' => ($req->header_values('via'))[0] ],
+		[ 'Max-Forwards' => 70 ],
+		[ 'From' => $req->header('from') ],
+		[ 'To' => $resp->header('to') ],
+		[ 'Call-ID' => $req->header('call-id') ],
+		[ 'CSeq' => "$cseq ACK" ],
+		(map { [ 'Route' => $_ ] } $req->header_values('route')),
+		[ 'Content-Length' => 0 ],
+	);
+	return Tollgate::SIP::Message->new(start => 'ACK ' . $req->uri . ' SIP/2.0', headers => \@h, body => '');
+}
+
+package Tollgate::SIP::Message;
+
+# challenges() — the challenges of a 401/407 in the order of their header
+# lines: [{ header => 'Proxy-Authenticate', scheme => 'Digest', realm,
+# nonce, algorithm, qop, stale, opaque, ..., raw => VALUE }, ...]. A header
+# line holding several challenges is not split (tollgate sends one per
+# line).
+sub challenges {
+	my ($self) = @_;
+	my @out;
+	for my $h (@{ $self->{headers} }) {
+		next unless lc $h->[0] eq 'proxy-authenticate' || lc $h->[0] eq 'www-authenticate';
+		my ($scheme, $p) = Tollgate::SIP::parse_auth($h->[1]);
+		push @out, { %{ $p // {} }, header => $h->[0], scheme => $scheme, raw => $h->[1] };
+	}
+	return @out;
+}
+
+# tag_of('to') / tag_of('from') — the tag parameter of that header, or undef.
+sub tag_of {
+	my ($self, $name) = @_;
+	my $v = $self->header($name) // return undef;
+	$v =~ s/^[^<]*<[^>]*>//;	# not a ;tag= inside the URI
+	return $v =~ /;\s*tag=([^;\s,]+)/i ? $1 : undef;
+}
+
+###########################################################################
+package Tollgate::SIP::Relay;
+
+# A datagram relay that plays an MD5-only client (RFC 8760 2.4: a client
+# skips challenges whose algorithm it does not know) in front of sipp:
+# sipp 3.6.1 (Debian 12) answers the first challenge of a 401/407 and
+# gives up on algorithm=SHA-256, where newer UAs skip to the MD5 one.
+#
+#   my $relay = Tollgate::SIP::Relay->start(local => '127.0.0.31',
+#       client => '127.0.0.30:5070', server => '127.0.0.1:5060');
+#   # sipp -sf ... $relay->local_hostport -i 127.0.0.30 -p 5070
+#
+# Datagrams from `client` go to `server` and those from `server` to
+# `client`, unchanged but for the challenge lines (Proxy-/WWW-Authenticate)
+# of a response whose algorithm is not MD5, which are taken out. It sends
+# only to those two addresses, given here, never to one read from a
+# message; anything from elsewhere is dropped. The server therefore sees
+# the relay's address as the client's source. It stops after `lifetime`
+# seconds (default 120) or on ->stop. stripped() counts lines taken out.
+
+use strict;
+use warnings;
+use Carp qw(croak);
+use IO::Socket::IP;
+use POSIX ();
+use Socket qw(SOCK_DGRAM);
+use Time::HiRes qw(time);
+
+my @relays;
+
+sub _addr {
+	my ($hp) = @_;
+	my ($h, $p) = Tollgate::SIP::split_hostport($hp);
+	my ($err, @res) = Socket::getaddrinfo($h, $p,
+	    { socktype => SOCK_DGRAM, flags => Socket::AI_NUMERICHOST() });
+	croak "bad address $hp: $err" if $err;
+	return $res[0]{addr};
+}
+
+sub _name {
+	my ($sa) = @_;
+	my ($err, $h, $p) = Socket::getnameinfo($sa, Socket::NI_NUMERICHOST() | Socket::NI_NUMERICSERV());
+	return $err ? '?' : ($h =~ /:/ ? "[$h]:$p" : "$h:$p");
+}
+
+# Take the challenge lines of other algorithms out of a 401/407.
+sub md5_only {
+	my ($data) = @_;
+	return ($data, 0) unless $data =~ m{^SIP/2\.0 40[17] };
+	my ($head, $body) = split /\r\n\r\n/, $data, 2;
+	my $n = 0;
+	my @lines = grep {
+		my $keep = 1;
+		if (/^(?:proxy|www)-authenticate\s*:\s*(.*)$/i) {
+			my (undef, $p) = Tollgate::SIP::parse_auth($1);
+			$keep = 0 if uc($p->{algorithm} // 'MD5') ne 'MD5';
+		}
+		$n++ unless $keep;
+		$keep;
+	} split /\r\n/, $head;
+	return (join("\r\n", @lines) . "\r\n\r\n" . ($body // ''), $n);
+}
+
+sub start {
+	my ($class, %o) = @_;
+	my $s = IO::Socket::IP->new(LocalHost => $o{local}, LocalPort => $o{port} // 0,
+	    Type => SOCK_DGRAM, ReuseAddr => 1) or croak "relay bind $o{local}: $@";
+	my ($client, $server) = map { _addr($_) } @o{qw(client server)};
+	my ($cname, $sname) = map { _name($_) } ($client, $server);
+	pipe(my $rd, my $wr) or croak "pipe: $!";
+	my $lifetime = $o{lifetime} // 120;
+	my $pid = fork() // croak "fork: $!";
+	if ($pid == 0) {
+		# never run the parent's END blocks or signal handlers (they stop tollgate)
+		$SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+		close $rd;
+		my $stripped = 0;
+		my $deadline = time() + $lifetime;
+		my $rin = '';
+		vec($rin, fileno($s), 1) = 1;
+		while (time() < $deadline) {
+			my $n = select(my $rout = $rin, undef, undef, 0.2);
+			next unless $n && $n > 0;
+			my $from = recv($s, my $buf, 65535, 0);
+			next unless defined $from;
+			my $src = _name($from);
+			if ($src eq $cname) {
+				send($s, $buf, 0, $server);
+			} elsif ($src eq $sname) {
+				my ($out, $k) = md5_only($buf);
+				$stripped += $k;
+				syswrite($wr, "$k\n") if $k;
+				send($s, $out, 0, $client);
+			}
+		}
+		POSIX::_exit(0);
+	}
+	close $wr;
+	$rd->blocking(0);
+	my $self = bless { pid => $pid, sock => $s, rd => $rd, stripped => 0,
+	    local_host => $s->sockhost, local_port => $s->sockport }, $class;
+	push @relays, $self;
+	return $self;
+}
+
+sub local_host { $_[0]{local_host} }
+sub local_port { $_[0]{local_port} }
+sub local_hostport {
+	my ($self) = @_;
+	my $h = $self->{local_host};
+	return ($h =~ /:/ ? "[$h]" : $h) . ":$self->{local_port}";
+}
+
+# Challenge lines taken out so far.
+sub stripped {
+	my ($self) = @_;
+	while (defined(my $l = readline($self->{rd}))) {
+		$self->{stripped} += $l;
+	}
+	return $self->{stripped};
+}
+
+sub stop {
+	my ($self) = @_;
+	return unless $self->{pid};
+	$self->stripped;
+	kill 'KILL', $self->{pid};
+	waitpid($self->{pid}, 0);
+	delete $self->{pid};
+}
+
+END {
+	local $?;
+	$_->stop for grep { $_ } @relays;
+}
+
+1;
