@@ -787,13 +787,55 @@ static int parse_digest_secret_file(cfg_parse_t *p, yaml_node_t *n, const char *
 	return 0;
 }
 
+/*
+ * Offered in the order given. SHA-256 first is RFC 8760's advice, but
+ * some clients answer only the first challenge and know only MD5 (older
+ * pjsip, sipp 3.6), so the operator decides; one algorithm alone is
+ * allowed too.
+ */
+static int parse_digest_algorithms(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	char ikey[CFG_KEY_MAX], buf[48];
+	yaml_node_item_t *it;
+	tg_config_t *cfg = p->cfg;
+	const char *s;
+	int i = 0;
+
+	if (n->type != YAML_SEQUENCE_NODE)
+		return fail(p, n, key, "wrong type: expected a sequence like [SHA-256, MD5], got %s",
+		            kind_of(n));
+	cfg->ndigest_algs = 0;
+	for (it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++, i++) {
+		yaml_node_t *item = yaml_document_get_node(p->doc, *it);
+		uint8_t alg;
+
+		snprintf(ikey, sizeof ikey, "%s[%d]", key, i);
+		if (get_string(p, item, ikey, &s) < 0)
+			return -1;
+		if (strcasecmp(s, "MD5") == 0)
+			alg = 1;
+		else if (strcasecmp(s, "SHA-256") == 0)
+			alg = 2;
+		else
+			return fail(p, item, ikey, "bad value: \"%s\" is not MD5 or SHA-256",
+			            shown(s, buf, sizeof buf));
+		if (cfg->ndigest_algs == 1 && cfg->digest_algs[0] == alg)
+			return fail(p, item, ikey, "bad value: %s given twice", s);
+		if (cfg->ndigest_algs == 2)
+			return fail(p, item, ikey, "bad value: at most MD5 and SHA-256");
+		cfg->digest_algs[cfg->ndigest_algs++] = alg;
+	}
+	if (cfg->ndigest_algs == 0)
+		return fail(p, n, key, "bad value: empty; give MD5, SHA-256 or both");
+	return 0;
+}
+
 static int parse_digest(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
 	static const cfg_field_t fields[] = {
-	        {"realm", parse_digest_realm},
-	        {"nonce_ttl_s", parse_nonce_ttl_s},
-	        {"user_header", parse_user_header},
-	        {"secret_file", parse_digest_secret_file},
+	        {"realm", parse_digest_realm},           {"nonce_ttl_s", parse_nonce_ttl_s},
+	        {"user_header", parse_user_header},      {"secret_file", parse_digest_secret_file},
+	        {"algorithms", parse_digest_algorithms},
 	};
 	yaml_node_t *found[NFIELDS(fields)];
 
@@ -1075,6 +1117,9 @@ void tg_config_defaults(tg_config_t *cfg)
 	cfg->cap_nonces = 65536;
 	cfg->cap_failures = 65536;
 	cfg->nonce_ttl_s = 300;
+	cfg->digest_algs[0] = 2; /* SHA-256, then MD5: RFC 8760 */
+	cfg->digest_algs[1] = 1;
+	cfg->ndigest_algs = 2;
 	snprintf(cfg->user_header, sizeof cfg->user_header, "X-Tollgate-User");
 	cfg->db_retry_min_ms = 250;
 	cfg->db_retry_max_ms = 10000;
@@ -1138,7 +1183,7 @@ static int metrics_differs(const tg_config_t *a, const tg_config_t *b)
 
 void tg_config_restart_only_diff(const tg_config_t *a, const tg_config_t *b, char *out, size_t outlen)
 {
-	const char *names[4];
+	const char *names[5];
 	size_t n = 0, used = 0;
 
 	if (listen_differs(a, b))
@@ -1151,6 +1196,13 @@ void tg_config_restart_only_diff(const tg_config_t *a, const tg_config_t *b, cha
 		names[n++] = "capacity";
 	if (metrics_differs(a, b))
 		names[n++] = "metrics";
+	/*
+	 * A nonce is fresh for the ttl in force when it is checked, and its
+	 * replay-table entry lives as long: a longer ttl after a reload would
+	 * make nonces valid again whose entries are gone, and replays pass.
+	 */
+	if (a->nonce_ttl_s != b->nonce_ttl_s)
+		names[n++] = "digest.nonce_ttl_s";
 	if (outlen == 0)
 		return;
 	out[0] = '\0';

@@ -87,6 +87,10 @@ typedef struct tg_config {
 	uint8_t digest_secret[32];            /* from digest.secret_file; all zero = random per start */
 	int digest_secret_set;                /* 0/1 */
 	char digest_secret_file[PATH_MAX];
+	/* offered in this order (1 = MD5, 2 = SHA-256, worker/digest.h digest_alg_t); answers in another are
+	 * challenged again */
+	uint8_t digest_algs[2];
+	int ndigest_algs;
 } tg_config_t;
 
 /*

@@ -321,6 +321,11 @@ static void reload_refuse_restart_only(tg_config_t *next)
 	next->workers = m.cfg->workers;
 	next->cap_accounts = m.cfg->cap_accounts;
 	next->cap_ip_rules = m.cfg->cap_ip_rules;
+	/* shared memory was sized for these: a bigger value would overrun it */
+	next->cap_sip_users = m.cfg->cap_sip_users;
+	next->cap_nonces = m.cfg->cap_nonces;
+	next->cap_failures = m.cfg->cap_failures;
+	next->nonce_ttl_s = m.cfg->nonce_ttl_s;
 	next->metrics = m.cfg->metrics;
 	next->metrics_len = m.cfg->metrics_len;
 }

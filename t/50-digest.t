@@ -200,6 +200,11 @@ refused_as(digest_call($c, user => 'nobody', password => 'nobodypw'), 'source_no
 # RFC 2069 form (no qop, nc, cnonce): no replay protection, refused
 refused_as(digest_call($c, user => 'alice', password => 'secret', cred => { qop => undef }),
     'bad_credentials', 'credentials without qop', $c);
+# read from the datagram as sent: what libosip2 would drop on re-serialising still counts
+refused_as(digest_call($c, user => 'alice', password => 'secret', cred => { extra => 'userhash=true' }),
+    'bad_credentials', 'credentials with userhash=true (never offered)', $c);
+refused_as(digest_call($c, user => 'alice', password => 'secret', cred => { extra => 'nc=00000009' }),
+    'bad_credentials', 'credentials with nc twice', $c);
 
 # --- domains ----------------------------------------------------------------------
 

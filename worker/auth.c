@@ -181,10 +181,15 @@ static void count_failure(worker_t *w, const pkt_t *p)
 }
 
 /* A reply with our challenges: one nonce, SHA-256 offered first (RFC 8760 2.4), then MD5. */
-static void challenge(worker_t *w, const pkt_t *p, osip_message_t *msg, int stale)
+/*
+ * A reply with our challenges: one nonce, one header per algorithm in the
+ * configured order (RFC 8760 2.4: most preferred first). only: offer that
+ * algorithm alone (0: all configured).
+ */
+static void challenge(worker_t *w, const pkt_t *p, osip_message_t *msg, int stale, digest_alg_t only)
 {
 	const tg_config_t *cfg = &w->c->cfg;
-	int reg = MSG_IS_REGISTER(msg);
+	int reg = MSG_IS_REGISTER(msg), n = 0;
 	const char *name = reg ? "WWW-Authenticate" : "Proxy-Authenticate";
 	char nonce[DIGEST_NONCE_LEN + 1], v[2][512];
 	const char *names[2] = {name, name}, *values[2] = {v[0], v[1]};
@@ -193,16 +198,32 @@ static void challenge(worker_t *w, const pkt_t *p, osip_message_t *msg, int stal
 	/* unique per worker and call, even within one second; the top bits say which worker */
 	salt = (salt + 1) & 0xffffffffffffULL;
 	digest_nonce_make(nonce_secret(w), wall_s(), (uint64_t)w->c->index << 48 | salt, NULL, 0, nonce);
-	if (digest_challenge(v[0], sizeof v[0], cfg->digest_realm, nonce, stale, DIGEST_ALG_SHA256) < 0 ||
-	    digest_challenge(v[1], sizeof v[1], cfg->digest_realm, nonce, stale, DIGEST_ALG_MD5) < 0)
+	for (int i = 0; i < cfg->ndigest_algs && i < 2; i++) {
+		digest_alg_t alg = (digest_alg_t)cfg->digest_algs[i];
+
+		if (only != 0 && alg != only)
+			continue;
+		if (digest_challenge(v[n], sizeof v[n], cfg->digest_realm, nonce, stale, alg) < 0)
+			return;
+		n++;
+	}
+	if (n == 0)
 		return;
 	atomic_fetch_add_explicit(&w->stats->digest[stale ? SHM_D_STALE : SHM_D_CHALLENGED], 1,
 	                          memory_order_relaxed);
 	worker_count(w, sip_method_index(msg->sip_method), SHM_O_REJECTED);
-	tg_log(TG_LOG_DEBUG, 0, "digest_challenge", "src=%s method=%s call_id=%s stale=%d", p->srcstr,
-	       msg->sip_method, sip_call_id(msg), stale);
+	tg_log(TG_LOG_DEBUG, 0, "digest_challenge", "src=%s method=%s call_id=%s stale=%d algorithms=%d",
+	       p->srcstr, msg->sip_method, sip_call_id(msg), stale, n);
 	reply_send_headers(w, p, msg, reg ? 401 : 407, reg ? "Unauthorized" : "Proxy Authentication Required",
-	                   names, values, 2);
+	                   names, values, n);
+}
+
+static int alg_offered(const tg_config_t *cfg, digest_alg_t alg)
+{
+	for (int i = 0; i < cfg->ndigest_algs && i < 2; i++)
+		if (cfg->digest_algs[i] == alg)
+			return 1;
+	return 0;
 }
 
 static void fail(worker_t *w, const pkt_t *p, osip_message_t *msg, int reason, const char *user, int code,
@@ -217,37 +238,87 @@ static void fail(worker_t *w, const pkt_t *p, osip_message_t *msg, int reason, c
 }
 
 /*
+ * The next header field of a raw message from *pos (which starts past the
+ * start line): its name and its value, continuation lines included (the
+ * digest parser skips folds). Returns 0 at the blank line or the end.
+ */
+static int next_field(const char *buf, size_t len, size_t *pos, const char **name, size_t *nlen,
+                      const char **val, size_t *vlen)
+{
+	size_t i = *pos, colon, end;
+
+	if (i >= len || buf[i] == '\r' || buf[i] == '\n')
+		return 0;
+	for (colon = i; colon < len && buf[colon] != ':' && buf[colon] != '\n'; colon++)
+		;
+	if (colon >= len || buf[colon] != ':')
+		return 0; /* the parser accepted the message, so this does not happen */
+	/* the value runs to the line end not followed by a space or tab */
+	for (end = colon; end < len; end++)
+		if (buf[end] == '\n' && (end + 1 >= len || (buf[end + 1] != ' ' && buf[end + 1] != '\t')))
+			break;
+	*name = buf + i;
+	*nlen = colon - i;
+	while (*nlen > 0 && (buf[i + *nlen - 1] == ' ' || buf[i + *nlen - 1] == '\t'))
+		(*nlen)--;
+	*val = buf + colon + 1;
+	*vlen = end - colon - 1;
+	if (*vlen > 0 && (*val)[*vlen - 1] == '\r')
+		(*vlen)--;
+	*pos = end < len ? end + 1 : len;
+	return 1;
+}
+
+/*
  * The credentials meant for us: the first Authorization or
  * Proxy-Authorization (REGISTER looks at the former first) whose realm is
  * ours. Returns 1 and *c filled, 0 when there are none, -1 with *why when
  * one names our realm but does not parse.
+ *
+ * They are parsed from the datagram as sent, not from libosip2's copy:
+ * re-serialised, that copy drops duplicate and unknown parameters (so
+ * userhash would go unnoticed) and can misread an unquoted value.
  */
-static int find_credentials(worker_t *w, osip_message_t *msg, digest_creds_t *c, const char **why)
+static int find_credentials(worker_t *w, const pkt_t *p, osip_message_t *msg, digest_creds_t *c,
+                            const char **why)
 {
-	osip_list_t *lists[2];
 	const char *realm = w->c->cfg.digest_realm;
+	const char *names[2];
+	const char *first_why = NULL;
+	const char *eol = memchr(p->buf, '\n', p->len);
+	osip_list_t *lists[2] = {&msg->authorizations, &msg->proxy_authorizations};
 
-	lists[0] = MSG_IS_REGISTER(msg) ? &msg->authorizations : &msg->proxy_authorizations;
-	lists[1] = MSG_IS_REGISTER(msg) ? &msg->proxy_authorizations : &msg->authorizations;
-	for (int l = 0; l < 2; l++) {
-		for (int i = 0; i < osip_list_size(lists[l]); i++) {
-			osip_authorization_t *a = osip_list_get(lists[l], i);
-			char *s = NULL;
-			int rc;
+	names[0] = MSG_IS_REGISTER(msg) ? "Authorization" : "Proxy-Authorization";
+	names[1] = MSG_IS_REGISTER(msg) ? "Proxy-Authorization" : "Authorization";
+	for (int pass = 0; pass < 2 && eol != NULL; pass++) {
+		size_t pos = (size_t)(eol - p->buf) + 1, nlen, vlen;
+		const char *name, *val;
 
-			if (a == NULL || a->realm == NULL)
+		while (next_field(p->buf, p->len, &pos, &name, &nlen, &val, &vlen)) {
+			const char *r = NULL;
+
+			if (nlen != strlen(names[pass]) || strncasecmp(name, names[pass], nlen) != 0)
 				continue;
-			/* libosip2 keeps the quotes; compare the realm inside them */
-			if (strlen(a->realm) != strlen(realm) + 2 ||
-			    strncmp(a->realm + 1, realm, strlen(realm)) != 0)
-				continue;
-			if (osip_authorization_to_str(a, &s) != 0 || s == NULL)
-				continue;
-			rc = digest_parse(s, strlen(s), c, why);
-			osip_free(s);
-			return rc == 0 ? 1 : -1;
+			if (digest_parse(val, vlen, c, &r) == 0) {
+				if (strcmp(c->realm, realm) == 0)
+					return 1;
+			} else if (first_why == NULL) {
+				first_why = r;
+			}
 		}
 	}
+	/* none of ours parsed: was one of them ours at all? libosip2 read the realm of each */
+	for (int l = 0; l < 2; l++)
+		for (int i = 0; i < osip_list_size(lists[l]); i++) {
+			osip_authorization_t *a = osip_list_get(lists[l], i);
+
+			if (a != NULL && a->realm != NULL && strlen(a->realm) == strlen(realm) + 2 &&
+			    strncmp(a->realm + 1, realm, strlen(realm)) == 0) {
+				*why = first_why != NULL ? first_why : "syntax";
+				memset(c->bad_param, 0, sizeof c->bad_param);
+				return -1;
+			}
+		}
 	return 0;
 }
 
@@ -322,9 +393,9 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 	uint64_t now = wall_s(), issued = 0;
 	int full, rc;
 
-	rc = find_credentials(w, msg, &c, &why);
+	rc = find_credentials(w, p, msg, &c, &why);
 	if (rc == 0) {
-		challenge(w, p, msg, 0);
+		challenge(w, p, msg, 0, 0);
 		return AUTH_ANSWERED;
 	}
 	if (rc < 0) {
@@ -357,10 +428,22 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 		fail(w, p, msg, SHM_R_SOURCE_NOT_ALLOWED, c.username, 403, "Forbidden");
 		return AUTH_ANSWERED;
 	}
+	if (!alg_offered(cfg, c.alg)) {
+		/* an algorithm we no longer offer (a reload changed the list): ask again, no fault of the
+		 * user */
+		challenge(w, p, msg, 1, 0);
+		return AUTH_ANSWERED;
+	}
 	if (c.alg == DIGEST_ALG_SHA256)
 		ha1 = full ? u->ha1_sha256_full : u->ha1_sha256;
 	else
 		ha1 = full ? u->ha1_md5_full : u->ha1_md5;
+	if (ha1[0] == '\0' && c.alg == DIGEST_ALG_SHA256 && alg_offered(cfg, DIGEST_ALG_MD5) &&
+	    (full ? u->ha1_md5_full : u->ha1_md5)[0] != '\0') {
+		/* only an MD5 HA1 is stored (imported hashes): ask for MD5 alone rather than fail the user */
+		challenge(w, p, msg, 1, DIGEST_ALG_MD5);
+		return AUTH_ANSWERED;
+	}
 	if (ha1[0] == '\0' || !digest_verify(&c, msg->sip_method, ha1)) {
 		fail(w, p, msg, SHM_R_WRONG_PASSWORD, c.username, 403, "Forbidden");
 		return AUTH_ANSWERED;
@@ -378,7 +461,7 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 	ns = digest_nonce_check(nonce_secret(w), c.nonce, c.nonce_len, now, cfg->nonce_ttl_s, NULL, 0,
 	                        &issued);
 	if (ns != DIGEST_NONCE_OK) {
-		challenge(w, p, msg, 1);
+		challenge(w, p, msg, 1, 0);
 		return AUTH_ANSWERED;
 	}
 	switch (shm_nonce_check(
@@ -400,7 +483,7 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 		reply_send(w, p, msg, 503, "Service Unavailable");
 		return AUTH_ANSWERED;
 	default: /* expired under us, or another worker mid-insert of this nonce: a fresh one */
-		challenge(w, p, msg, 1);
+		challenge(w, p, msg, 1, 0);
 		return AUTH_ANSWERED;
 	}
 	atomic_fetch_add_explicit(&w->stats->digest[SHM_D_ACCEPTED], 1, memory_order_relaxed);

@@ -275,6 +275,19 @@ static void test_digest(void)
 	is_int(cfg.cap_nonces, 1024, "capacity.nonces");
 	is_int(cfg.cap_failures, 16, "capacity.failure_sources");
 
+	is_int(cfg.ndigest_algs, 2, "default digest.algorithms: two");
+	ok(cfg.digest_algs[0] == 2 && cfg.digest_algs[1] == 1, "... SHA-256 then MD5");
+	rc = load(DS "digest: { realm: r, algorithms: [MD5, sha-256] }\n");
+	ok(rc == 0 && cfg.ndigest_algs == 2 && cfg.digest_algs[0] == 1 && cfg.digest_algs[1] == 2,
+	   "digest.algorithms [MD5, sha-256]: MD5 first (names case-insensitive)");
+	rc = load(DS "digest: { realm: r, algorithms: [MD5] }\n");
+	ok(rc == 0 && cfg.ndigest_algs == 1 && cfg.digest_algs[0] == 1, "digest.algorithms [MD5]: MD5 only");
+	refused(DS "digest: { realm: r, algorithms: [MD5, MD5] }\n", 2, "digest.algorithms[1]",
+	        "bad value: MD5 given twice", "an algorithm twice");
+	refused(DS "digest: { realm: r, algorithms: [SHA-512-256] }\n", 2, "digest.algorithms[0]",
+	        "bad value: \"SHA-512-256\" is not MD5 or SHA-256", "an algorithm tollgate does not do");
+	refused(DS "digest: { realm: r, algorithms: [] }\n", 2, "digest.algorithms", "bad value: empty",
+	        "no algorithm");
 	refused(DS "digest: { nonce_ttl_s: 30 }\n", 2, "digest", "realm: required", "digest without a realm");
 	refused(DS "digest: { realm: \"\" }\n", 2, "digest.realm", "bad value: empty", "empty realm");
 	refused(DS "digest: { realm: 'a\"b' }\n", 2, "digest.realm", "bad value: only printable ASCII",
@@ -503,6 +516,22 @@ static void test_restart_diff(void)
 	b = cfg;
 	tg_config_restart_only_diff(&a, &b, out, sizeof out);
 	is_str(out, "capacity", "capacity named");
+
+	load(DS "workers: 2\nmetrics: 127.0.0.1:9090\ncapacity: { sip_users: 5 }\n");
+	b = cfg;
+	tg_config_restart_only_diff(&a, &b, out, sizeof out);
+	is_str(out, "capacity", "capacity.sip_users named");
+
+	load(DS "workers: 2\nmetrics: 127.0.0.1:9090\ndigest: { realm: r, nonce_ttl_s: 600 }\n");
+	b = cfg;
+	tg_config_restart_only_diff(&a, &b, out, sizeof out);
+	is_str(out, "digest.nonce_ttl_s",
+	       "digest.nonce_ttl_s named (a longer ttl would outlive replay entries)");
+
+	load(DS "workers: 2\nmetrics: 127.0.0.1:9090\ndigest: { realm: r, algorithms: [MD5] }\n");
+	b = cfg;
+	tg_config_restart_only_diff(&a, &b, out, sizeof out);
+	is_str(out, "", "turning digest on and choosing algorithms: SIGHUP");
 
 	load(DS "workers: 2\nmetrics: 127.0.0.1:9090\n"
 	        "listen: [{ address: 127.0.0.1:5060, advertise: edge.example.net }]\n");
