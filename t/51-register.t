@@ -192,6 +192,30 @@ for my $case ([ 'a made-up token', 'forged0token' ], [ 'the token with one chara
 	is($ev && $ev->{reason}, 'egress_denied', '... reason egress_denied');
 }
 
+# The account made inactive: its devices' Paths open no new calls (within 5 s,
+# no reload), and come back with the account.
+{
+	$pg->psql("update tollgate.accounts set status = 'inactive' where id = $regco");
+	my $refused = wait_until {
+		my $m = $ss->build(method => 'INVITE', uri => $unrelated, headers => [ [ Route => "<$path_uri>" ] ]);
+		$ss->send($m);
+		my $resp = $ss->wait_response(call_id => $m->header('call-id'), timeout => 1);
+		$resp && $resp->status == 403;
+	} 5;
+	ok($refused, "regco inactive: the registrar's INVITE through dave's Path gets 403");
+	$dev->drain;
+	$pg->psql("update tollgate.accounts set status = 'active' where id = $regco");
+	my $back = wait_until {
+		my $m = $ss->build(method => 'INVITE', uri => $unrelated, headers => [ [ Route => "<$path_uri>" ] ]);
+		$ss->send($m);
+		my $got = $dev->wait_request(method => 'INVITE', timeout => 1);
+		$dev->send($dev->reply($got, 486, 'Busy Here')) if $got;
+		$got;
+	} 5;
+	ok($back, '... active again: it reaches dave');
+	$ss->drain;
+}
+
 # --- Proxy-Authorization on a REGISTER is accepted too -------------------------------
 
 ($r, $req) = $dev->request(%reg, cseq => 1);

@@ -53,7 +53,8 @@
 #include "worker/auth.h"
 #include "worker/digest.h"
 
-#define TOKEN_RAW 34 /* ip 16, port 2, account id 8, mac 8 */
+#define TOKEN_RAW 42 /* ip 16, port 2, account id 8, account slot 4, issued 4, mac 8 */
+#define TOKEN_MAC 34 /* offset of the mac */
 
 static uint64_t wall_s(void)
 {
@@ -95,8 +96,8 @@ static uint64_t token_mac(const worker_t *w, char kind, const uint8_t *raw, cons
 
 	/* the raw fields are fixed length; the strings are separated by a byte neither holds */
 	in[0] = kind;
-	memcpy(in + 1, raw, TOKEN_RAW - 8);
-	n = 1 + TOKEN_RAW - 8;
+	memcpy(in + 1, raw, TOKEN_MAC);
+	n = 1 + TOKEN_MAC;
 	if (kind == 'D')
 		n += snprintf(in + n, sizeof in - (size_t)n, "%s\n%s", call_id ? call_id : "",
 		              tag ? tag : "");
@@ -106,19 +107,22 @@ static uint64_t token_mac(const worker_t *w, char kind, const uint8_t *raw, cons
 	return tg_siphash(w->c->shm->hdr->secret + 16, in, (size_t)n);
 }
 
-int auth_token_make(const worker_t *w, char kind, const tg_ip_t *ip, uint16_t port, int64_t account_id,
-                    const char *call_id, const char *tag, char *out, size_t outlen)
+int auth_token_make(const worker_t *w, char kind, const tg_ip_t *ip, uint16_t port,
+                    const snap_account_sh_t *account, const char *call_id, const char *tag, char *out,
+                    size_t outlen)
 {
 	uint8_t raw[TOKEN_RAW];
 	static const char hex[] = "0123456789abcdef";
 
-	if (outlen < 2 + 2 * TOKEN_RAW)
+	if (outlen < 2 + 2 * TOKEN_RAW || w->snap.head == NULL)
 		return -1;
 	put_be(raw, ip->hi, 8);
 	put_be(raw + 8, ip->lo, 8);
 	put_be(raw + 16, port, 2);
-	put_be(raw + 18, (uint64_t)account_id, 8);
-	put_be(raw + 26, token_mac(w, kind, raw, call_id, tag), 8);
+	put_be(raw + 18, (uint64_t)account->id, 8);
+	put_be(raw + 26, (uint64_t)(account - snap_accounts(w->snap.head)), 4);
+	put_be(raw + 30, wall_s() & 0xffffffffu, 4);
+	put_be(raw + TOKEN_MAC, token_mac(w, kind, raw, call_id, tag), 8);
 	out[0] = kind;
 	for (int i = 0; i < TOKEN_RAW; i++) {
 		out[1 + 2 * i] = hex[raw[i] >> 4];
@@ -151,7 +155,7 @@ int auth_token_check(const worker_t *w, const char *token, const char *call_id, 
 			return -1;
 		raw[i] = (uint8_t)(h << 4 | l);
 	}
-	mac = get_be(raw + 26, 8);
+	mac = get_be(raw + TOKEN_MAC, 8);
 	if (token[0] == 'P') {
 		if (token_mac(w, 'P', raw, NULL, NULL) != mac)
 			return -1;
@@ -159,11 +163,30 @@ int auth_token_check(const worker_t *w, const char *token, const char *call_id, 
 	           (tag2 == NULL || token_mac(w, 'D', raw, call_id, tag2) != mac)) {
 		return -1;
 	}
+	/* ours: is it still good? Not too old, and its account still there */
+	{
+		uint32_t issued = (uint32_t)get_be(raw + 30, 4), now = (uint32_t)wall_s();
+		uint32_t slot = (uint32_t)get_be(raw + 26, 4);
+		const snap_account_sh_t *a;
+
+		if ((uint32_t)(now - issued) > AUTH_TOKEN_MAX_AGE_S || w->snap.head == NULL ||
+		    slot >= w->snap.head->naccounts)
+			return -1;
+		a = &snap_accounts(w->snap.head)[slot];
+		/*
+		 * A dialog's requests pass while its account exists, active or not,
+		 * so that a call can always be ended; a Path opens new calls, which
+		 * an inactive account may not receive.
+		 */
+		if (a->state != SNAP_ACCOUNT_LIVE || a->id != (int64_t)get_be(raw + 18, 8) ||
+		    (token[0] == 'P' && !a->active))
+			return -1;
+		t->account = a;
+	}
 	t->kind = token[0];
 	t->ip.hi = get_be(raw, 8);
 	t->ip.lo = get_be(raw + 8, 8);
 	t->port = (uint16_t)get_be(raw + 16, 2);
-	t->account_id = (int64_t)get_be(raw + 18, 8);
 	return 0;
 }
 

@@ -37,15 +37,25 @@ typedef struct auth_token {
 	char kind; /* 'D' dialog, 'P' path */
 	tg_ip_t ip;
 	uint16_t port;
-	int64_t account_id;
+	const snap_account_sh_t *account; /* live (and active for 'P'), in the worker's current view */
 } auth_token_t;
 
-#define AUTH_TOKEN_LEN 69 /* characters, without the NUL */
+#define AUTH_TOKEN_LEN 85 /* characters, without the NUL */
+#define AUTH_TOKEN_MAX_AGE_S                                                                                 \
+	86400 /* a token older than this is refused: a day-long call, a daily re-REGISTER */
 
-/* kind 'D' binds call_id and tag (the From tag of the opening request); 'P' ignores both. */
-int auth_token_make(const worker_t *w, char kind, const tg_ip_t *ip, uint16_t port, int64_t account_id,
-                    const char *call_id, const char *tag, char *out, size_t outlen);
-/* 0 and *t when token is ours: a 'D' token must match call_id and tag1 or tag2 (either may be NULL). */
+/*
+ * kind 'D' binds call_id and tag (the From tag of the opening request);
+ * 'P' ignores both. account: in the worker's current view (w->snap).
+ */
+int auth_token_make(const worker_t *w, char kind, const tg_ip_t *ip, uint16_t port,
+                    const snap_account_sh_t *account, const char *call_id, const char *tag, char *out,
+                    size_t outlen);
+/*
+ * 0 and *t when token is ours, at most AUTH_TOKEN_MAX_AGE_S old, and its
+ * account still live (and active, for a 'P' token); a 'D' token must also match call_id and
+ * tag1 or tag2 (either may be NULL). -1 otherwise.
+ */
 int auth_token_check(const worker_t *w, const char *token, const char *call_id, const char *tag1,
                      const char *tag2, auth_token_t *t);
 

@@ -186,12 +186,13 @@ static int add_record_route(worker_t *w, osip_message_t *msg, int lidx, const ch
  * with a path token for where the REGISTER came from, so requests to the
  * registered contact come back through us and on to that address.
  */
-static void add_path(worker_t *w, const pkt_t *p, osip_message_t *msg, int lidx, int64_t account_id)
+static void add_path(worker_t *w, const pkt_t *p, osip_message_t *msg, int lidx,
+                     const snap_account_sh_t *account)
 {
 	char token[AUTH_TOKEN_LEN + 1], v[256];
 	osip_header_t *h = NULL;
 
-	if (auth_token_make(w, 'P', &p->src_ip, p->src_port, account_id, NULL, NULL, token, sizeof token) < 0)
+	if (auth_token_make(w, 'P', &p->src_ip, p->src_port, account, NULL, NULL, token, sizeof token) < 0)
 		return;
 	snprintf(v, sizeof v, "<sip:%s@%s;lr>", token, w->c->cfg.listen[lidx].advertise);
 	if (osip_header_init(&h) != 0)
@@ -386,10 +387,11 @@ static const char *request_insane(osip_message_t *msg)
 /*
  * Send a request on, from the listener facing dst; adds our Via and, for
  * a new dialog, Record-Route (rr_user: a route token for its user part,
- * or NULL). path_account >= 0 adds a Path (REGISTER) for that account.
+ * or NULL). path_account (not NULL) adds a Path (REGISTER) for that account.
  */
 static void forward_request(worker_t *w, const pkt_t *p, osip_message_t *msg, const struct sockaddr *dst,
-                            socklen_t dstlen, const char *account, const char *rr_user, int64_t path_account)
+                            socklen_t dstlen, const char *account, const char *rr_user,
+                            const snap_account_sh_t *path_account)
 {
 	int m = sip_method_index(msg->sip_method);
 	int out = worker_pick_listener(w, p->lidx, dst->sa_family);
@@ -408,7 +410,7 @@ static void forward_request(worker_t *w, const pkt_t *p, osip_message_t *msg, co
 		if (out != p->lidx)
 			add_record_route(w, msg, out, rr_user);
 	}
-	if (initial && MSG_IS_REGISTER(msg) && path_account >= 0)
+	if (initial && MSG_IS_REGISTER(msg) && path_account != NULL)
 		add_path(w, p, msg, out, path_account);
 	if (add_via(w, msg, out) < 0 || serialize_and_send(w, msg, out, dst, dstlen) < 0) {
 		worker_count(w, m, SHM_O_DROPPED);
@@ -459,11 +461,11 @@ static void strip_identity(worker_t *w, osip_message_t *msg)
 }
 
 static void to_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg, const char *account,
-                          const char *rr_user, int64_t path_account);
+                          const char *rr_user, const snap_account_sh_t *path_account);
 
 /* Every customer request leaves this way; credentials for our realm never leave at all. */
 static void to_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg, const char *account,
-                          const char *rr_user, int64_t path_account)
+                          const char *rr_user, const snap_account_sh_t *path_account)
 {
 	const tg_config_t *cfg = &w->c->cfg;
 
@@ -501,7 +503,8 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 		 * dialog requests, and a token must not stand in for a login.
 		 */
 		atomic_fetch_add_explicit(&w->stats->digest[SHM_D_DIALOG], 1, memory_order_relaxed);
-		to_downstream(w, p, msg, NULL, NULL, -1);
+		osip_message_set_header(msg, cfg->account_header, t.account->name);
+		to_downstream(w, p, msg, t.account->name, NULL, NULL);
 		return;
 	}
 	if (MSG_IS_ACK(msg)) {
@@ -515,7 +518,7 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 		if (reply_tag_is_ours(w, msg, tag_of(msg->to)))
 			worker_count(w, SHM_M_ACK, SHM_O_DROPPED);
 		else
-			to_downstream(w, p, msg, NULL, NULL, -1);
+			to_downstream(w, p, msg, NULL, NULL, NULL);
 		return;
 	}
 	if (MSG_IS_CANCEL(msg) && initial) {
@@ -524,7 +527,7 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 		 * softswitch with our branch, which covers the address it came
 		 * from: it matches only an INVITE that came from there too.
 		 */
-		to_downstream(w, p, msg, NULL, NULL, -1);
+		to_downstream(w, p, msg, NULL, NULL, NULL);
 		return;
 	}
 	if (auth_digest(w, p, msg, &id) != AUTH_PASS)
@@ -532,12 +535,12 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 	osip_message_set_header(msg, cfg->account_header, id.account->name);
 	osip_message_set_header(msg, cfg->user_header, id.user_name);
 	rr[0] = '\0';
-	if (initial && auth_token_make(w, 'D', &p->src_ip, p->src_port, id.account->id, sip_call_id(msg),
+	if (initial && auth_token_make(w, 'D', &p->src_ip, p->src_port, id.account, sip_call_id(msg),
 	                               tag_of(msg->from), rr, sizeof rr) < 0)
 		rr[0] = '\0';
 	tg_log(TG_LOG_DEBUG, 0, "digest_accepted", "src=%s method=%s call_id=%s account=%s user=%s",
 	       p->srcstr, msg->sip_method, sip_call_id(msg), id.account->name, id.user_name);
-	to_downstream(w, p, msg, id.account->name, rr[0] ? rr : NULL, id.account->id);
+	to_downstream(w, p, msg, id.account->name, rr[0] ? rr : NULL, id.account);
 }
 
 /* Customer to softswitch. */
@@ -591,7 +594,7 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	 */
 	if (initial || mt.rule->prefix_len == 0)
 		osip_message_set_header(msg, cfg->account_header, mt.account->name);
-	to_downstream(w, p, msg, mt.account->name, NULL, mt.account->id);
+	to_downstream(w, p, msg, mt.account->name, NULL, mt.account);
 }
 
 /*
@@ -644,10 +647,10 @@ static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		/* a registered device (Path) or a digest dialog: where its requests really come from */
 		tg_ip_to_sockaddr(&t.ip, t.port, &dst, &dstlen);
 		rr[0] = '\0';
-		if (initial && auth_token_make(w, 'D', &t.ip, t.port, t.account_id, sip_call_id(msg),
+		if (initial && auth_token_make(w, 'D', &t.ip, t.port, t.account, sip_call_id(msg),
 		                               tag_of(msg->from), rr, sizeof rr) < 0)
 			rr[0] = '\0';
-		forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL, rr[0] ? rr : NULL, -1);
+		forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL, rr[0] ? rr : NULL, NULL);
 		return;
 	}
 	next = (osip_message_get_route(msg, 0, &r) == 0 && r != NULL) ? r->url : msg->req_uri;
@@ -672,7 +675,7 @@ static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	/* in-dialog requests follow the dialog; an ACK or CANCEL follows its INVITE */
 	if (initial && !MSG_IS_ACK(msg) && !MSG_IS_CANCEL(msg) && egress_allowed(w, p, msg, &dst) < 0)
 		return;
-	forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL, NULL, -1);
+	forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL, NULL, NULL);
 }
 
 static int source_trusted(const worker_t *w, const pkt_t *p)
