@@ -1173,6 +1173,18 @@ static void user_row(loader_t *l, const PGresult *res, int row)
 		l->over_reason = err;
 		return;
 	}
+	if (l->kind == SYNC_DELTA && strcmp(err, "another user already has this username and domain") == 0) {
+		/*
+		 * Two users swapped names in one transaction and this one's row came
+		 * first: the database holds each name once, so a full load (which
+		 * puts every row before it sweeps) settles it. Until then the row
+		 * is out, as an invalid one would be.
+		 */
+		l->resync_reason = "a SIP user's new name was still held by a row of the same change";
+		pending_overflow(l->collect);
+		if (l->collect_first_us == 0)
+			l->collect_first_us = now_us();
+	}
 	snap_model_user_del(l->model, u.id);
 	user_invalid(l, (long long)u.id, u.username, err);
 }
