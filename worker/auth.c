@@ -451,12 +451,6 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 		fail(w, p, msg, SHM_R_SOURCE_NOT_ALLOWED, c.username, 403, "Forbidden");
 		return AUTH_ANSWERED;
 	}
-	if (!alg_offered(cfg, c.alg)) {
-		/* an algorithm we no longer offer (a reload changed the list): ask again, no fault of the
-		 * user */
-		challenge(w, p, msg, 1, 0);
-		return AUTH_ANSWERED;
-	}
 	if (c.alg == DIGEST_ALG_SHA256)
 		ha1 = full ? u->ha1_sha256_full : u->ha1_sha256;
 	else
@@ -469,6 +463,11 @@ int auth_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, auth_id_t *id)
 	}
 	if (ha1[0] == '\0' || !digest_verify(&c, msg->sip_method, ha1)) {
 		fail(w, p, msg, SHM_R_WRONG_PASSWORD, c.username, 403, "Forbidden");
+		return AUTH_ANSWERED;
+	}
+	if (!alg_offered(cfg, c.alg)) {
+		/* right, in an algorithm no longer offered (a reload changed the list): ask again, stale */
+		challenge(w, p, msg, 1, 0);
 		return AUTH_ANSWERED;
 	}
 	/*
