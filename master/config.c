@@ -30,7 +30,7 @@
 /* A config is a page of text; anything bigger is the wrong file. */
 #define CFG_MAX_BYTES (1024 * 1024)
 #define CFG_KEY_MAX   96
-#define CFG_MAP_MAX   16
+#define CFG_MAP_MAX   24
 #define CFG_SIP_PORT  5060
 
 typedef struct cfg_parse {
@@ -706,12 +706,128 @@ static int parse_cap_failures(cfg_parse_t *p, yaml_node_t *n, const char *key)
 	return set_pow2(p, n, key, &p->cfg->cap_failures);
 }
 
+static int parse_cap_dialogs(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_pow2(p, n, key, &p->cfg->cap_dialogs);
+}
+
+static int parse_cap_limit_keys(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_pow2(p, n, key, &p->cfg->cap_limit_keys);
+}
+
 static int parse_capacity(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
 	static const cfg_field_t fields[] = {
 	        {"accounts", parse_cap_accounts},        {"ip_rules", parse_cap_ip_rules},
 	        {"sip_users", parse_cap_sip_users},      {"nonces", parse_cap_nonces},
-	        {"failure_sources", parse_cap_failures},
+	        {"failure_sources", parse_cap_failures}, {"dialogs", parse_cap_dialogs},
+	        {"limit_keys", parse_cap_limit_keys},
+	};
+	yaml_node_t *found[NFIELDS(fields)];
+
+	return map_apply(p, n, key, fields, NFIELDS(fields), found);
+}
+
+/* ---- calls ---- */
+
+static int parse_early_timeout_s(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 1, 3600, &p->cfg->early_timeout_s);
+}
+
+static int parse_max_duration_s(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 1, 604800, &p->cfg->max_duration_s);
+}
+
+static int parse_linger_s(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 1, 3600, &p->cfg->linger_s);
+}
+
+static int parse_retry_after_s(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return set_u32(p, n, key, 0, 86400, &p->cfg->retry_after_s);
+}
+
+static int parse_calls(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	static const cfg_field_t fields[] = {
+	        {"early_timeout_s", parse_early_timeout_s},
+	        {"max_duration_s", parse_max_duration_s},
+	        {"linger_s", parse_linger_s},
+	        {"retry_after_s", parse_retry_after_s},
+	};
+	yaml_node_t *found[NFIELDS(fields)];
+
+	return map_apply(p, n, key, fields, NFIELDS(fields), found);
+}
+
+/* ---- refusals ---- */
+
+static tg_refusal_t *refusal_target; /* the kind being parsed: map_apply's field callbacks take no argument */
+
+static int parse_refusal_code(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	long long v;
+
+	if (get_int(p, n, key, 400, 699, &v) < 0)
+		return -1;
+	refusal_target->code = (int)v;
+	return 0;
+}
+
+static int parse_refusal_reason(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	const char *s;
+
+	if (copy_string(p, n, key, refusal_target->reason, sizeof refusal_target->reason) < 0)
+		return -1;
+	if (!refusal_target->reason[0])
+		return fail(p, n, key, "bad value: empty");
+	for (s = refusal_target->reason; *s; s++)
+		if (*s < 0x20 || *s > 0x7e)
+			return fail(p, n, key, "bad value: only printable ASCII is allowed");
+	return 0;
+}
+
+static int parse_refusal(cfg_parse_t *p, yaml_node_t *n, const char *key, tg_refusal_t *r)
+{
+	static const cfg_field_t fields[] = {{"code", parse_refusal_code}, {"reason", parse_refusal_reason}};
+	yaml_node_t *found[NFIELDS(fields)];
+
+	refusal_target = r;
+	return map_apply(p, n, key, fields, NFIELDS(fields), found);
+}
+
+static int parse_refuse_channels(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return parse_refusal(p, n, key, &p->cfg->refuse_channels);
+}
+
+static int parse_refuse_cps(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return parse_refusal(p, n, key, &p->cfg->refuse_cps);
+}
+
+static int parse_refuse_destination(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return parse_refusal(p, n, key, &p->cfg->refuse_destination);
+}
+
+static int parse_refuse_dialogs_full(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	return parse_refusal(p, n, key, &p->cfg->refuse_dialogs_full);
+}
+
+static int parse_refusals(cfg_parse_t *p, yaml_node_t *n, const char *key)
+{
+	static const cfg_field_t fields[] = {
+	        {"channels", parse_refuse_channels},
+	        {"cps", parse_refuse_cps},
+	        {"destination", parse_refuse_destination},
+	        {"dialog_table_full", parse_refuse_dialogs_full},
 	};
 	yaml_node_t *found[NFIELDS(fields)];
 
@@ -963,6 +1079,8 @@ static const cfg_field_t top_fields[] = {
         {"snapshot_file", parse_snapshot_file},
         {"provisioning", parse_provisioning},
         {"digest", parse_digest},
+        {"calls", parse_calls},
+        {"refusals", parse_refusals},
 };
 
 static int parse_root(cfg_parse_t *p, yaml_node_t *root)
@@ -1116,6 +1234,16 @@ void tg_config_defaults(tg_config_t *cfg)
 	cfg->cap_sip_users = 10000;
 	cfg->cap_nonces = 65536;
 	cfg->cap_failures = 65536;
+	cfg->cap_dialogs = 65536;
+	cfg->cap_limit_keys = 65536;
+	cfg->early_timeout_s = 32; /* RFC 3261 Timer B / F: 64 * T1 */
+	cfg->max_duration_s = 14400;
+	cfg->linger_s = 32;
+	cfg->retry_after_s = 5;
+	cfg->refuse_channels = (tg_refusal_t){503, "Service Unavailable"};
+	cfg->refuse_cps = (tg_refusal_t){503, "Service Unavailable"};
+	cfg->refuse_destination = (tg_refusal_t){403, "Forbidden"};
+	cfg->refuse_dialogs_full = (tg_refusal_t){503, "Service Unavailable"};
 	cfg->nonce_ttl_s = 300;
 	cfg->digest_algs[0] = 2; /* SHA-256, then MD5: RFC 8760 */
 	cfg->digest_algs[1] = 1;
@@ -1192,7 +1320,8 @@ void tg_config_restart_only_diff(const tg_config_t *a, const tg_config_t *b, cha
 		names[n++] = "workers";
 	if (a->cap_accounts != b->cap_accounts || a->cap_ip_rules != b->cap_ip_rules ||
 	    a->cap_sip_users != b->cap_sip_users || a->cap_nonces != b->cap_nonces ||
-	    a->cap_failures != b->cap_failures)
+	    a->cap_failures != b->cap_failures || a->cap_dialogs != b->cap_dialogs ||
+	    a->cap_limit_keys != b->cap_limit_keys)
 		names[n++] = "capacity";
 	if (metrics_differs(a, b))
 		names[n++] = "metrics";

@@ -34,6 +34,12 @@ typedef struct tg_listen {
 	char advertise[TG_SOCKADDR_STRLEN]; /* "host:port" or "[v6]:port" */
 } tg_listen_t;
 
+/* A status code and reason phrase tollgate answers a refusal with. */
+typedef struct tg_refusal {
+	int code; /* 400..699 */
+	char reason[TG_HEADER_NAME_MAX];
+} tg_refusal_t;
+
 typedef struct tg_config {
 	char path[PATH_MAX]; /* the file it was read from */
 
@@ -63,8 +69,10 @@ typedef struct tg_config {
 	uint32_t cap_accounts;
 	uint32_t cap_ip_rules;
 	uint32_t cap_sip_users;
-	uint32_t cap_nonces;   /* nonce-count replay table slots, a power of two */
-	uint32_t cap_failures; /* failure-count table slots (source addresses), a power of two */
+	uint32_t cap_nonces;     /* nonce-count replay table slots, a power of two */
+	uint32_t cap_failures;   /* failure-count table slots (source addresses), a power of two */
+	uint32_t cap_dialogs;    /* dialog table slots, a power of two */
+	uint32_t cap_limit_keys; /* channel/CPS counter slots (accounts and rules with use), a power of two */
 
 	/* database reconnect back-off, milliseconds */
 	uint32_t db_retry_min_ms;
@@ -91,6 +99,15 @@ typedef struct tg_config {
 	 * challenged again */
 	uint8_t digest_algs[2];
 	int ndigest_algs;
+
+	/* calls: the dialog table's clocks */
+	uint32_t early_timeout_s; /* a call with no final response this long is released */
+	uint32_t max_duration_s;  /* a confirmed call older than this is released */
+	uint32_t linger_s;        /* an ended call stays matched this long (retransmissions, ACK) */
+	uint32_t retry_after_s;   /* Retry-After on refusals that allow it; 0 = none */
+
+	/* refusals: what a caller is answered for each kind of policy refusal */
+	tg_refusal_t refuse_channels, refuse_cps, refuse_destination, refuse_dialogs_full;
 } tg_config_t;
 
 /*

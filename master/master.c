@@ -325,6 +325,8 @@ static void reload_refuse_restart_only(tg_config_t *next)
 	next->cap_sip_users = m.cfg->cap_sip_users;
 	next->cap_nonces = m.cfg->cap_nonces;
 	next->cap_failures = m.cfg->cap_failures;
+	next->cap_dialogs = m.cfg->cap_dialogs;
+	next->cap_limit_keys = m.cfg->cap_limit_keys;
 	next->nonce_ttl_s = m.cfg->nonce_ttl_s;
 	next->metrics = m.cfg->metrics;
 	next->metrics_len = m.cfg->metrics_len;

@@ -309,6 +309,57 @@ static void test_digest(void)
 	unlink(path);
 }
 
+/* calls and refusals: the dialog table's clocks and the answers to policy refusals */
+static void test_calls(void)
+{
+	int rc;
+
+	rc = load(DS "workers: 2\n");
+	is_int(rc, 0, "no calls section");
+	is_int(cfg.cap_dialogs, 65536, "default capacity.dialogs");
+	is_int(cfg.cap_limit_keys, 65536, "default capacity.limit_keys");
+	is_int(cfg.early_timeout_s, 32, "default calls.early_timeout_s (64 x T1)");
+	is_int(cfg.max_duration_s, 14400, "default calls.max_duration_s");
+	is_int(cfg.linger_s, 32, "default calls.linger_s");
+	is_int(cfg.retry_after_s, 5, "default calls.retry_after_s");
+	ok(cfg.refuse_channels.code == 503 && !strcmp(cfg.refuse_channels.reason, "Service Unavailable"),
+	   "default refusals.channels: 503 Service Unavailable");
+	ok(cfg.refuse_destination.code == 403, "default refusals.destination: 403");
+
+	rc = load(DS "capacity: { dialogs: 1024, limit_keys: 16 }\n"
+	             "calls: { early_timeout_s: 2, max_duration_s: 60, linger_s: 1, retry_after_s: 0 }\n"
+	             "refusals:\n"
+	             "  channels: { code: 486, reason: \"Busy Here\" }\n"
+	             "  cps: { code: 480 }\n"
+	             "  destination: { reason: \"Not Allowed\" }\n"
+	             "  dialog_table_full: { code: 500, reason: \"Server Internal Error\" }\n");
+	is_int(rc, 0, "every calls and refusals key set");
+	if (rc)
+		printf("#   %s\n", err);
+	ok(cfg.cap_dialogs == 1024 && cfg.cap_limit_keys == 16, "capacity.dialogs, capacity.limit_keys");
+	ok(cfg.early_timeout_s == 2 && cfg.max_duration_s == 60 && cfg.linger_s == 1 &&
+	           cfg.retry_after_s == 0,
+	   "calls.*");
+	ok(cfg.refuse_channels.code == 486 && !strcmp(cfg.refuse_channels.reason, "Busy Here"),
+	   "refusals.channels");
+	ok(cfg.refuse_cps.code == 480 && !strcmp(cfg.refuse_cps.reason, "Service Unavailable"),
+	   "refusals.cps: the code alone, the default reason kept");
+	ok(cfg.refuse_destination.code == 403 && !strcmp(cfg.refuse_destination.reason, "Not Allowed"),
+	   "refusals.destination: the reason alone");
+	is_int(cfg.refuse_dialogs_full.code, 500, "refusals.dialog_table_full");
+
+	refused(DS "refusals:\n  channels: { code: 200 }\n", 3, "refusals.channels.code",
+	        "bad value: 200 is out of range 400..699", "a 2xx refusal");
+	refused(DS "refusals:\n  cps: { reason: \"a\\tb\" }\n", 3, "refusals.cps.reason",
+	        "bad value: only printable ASCII", "a control character in a reason");
+	refused(DS "refusals:\n  bans: { code: 403 }\n", 3, "refusals.bans", "unknown key",
+	        "an unknown refusal kind");
+	refused(DS "calls:\n  early_timeout_s: 0\n", 3, "calls.early_timeout_s",
+	        "bad value: 0 is out of range", "calls.early_timeout_s 0");
+	refused(DS "capacity:\n  dialogs: 100\n", 3, "capacity.dialogs",
+	        "bad value: 100 is not a power of two", "capacity.dialogs not a power of two");
+}
+
 static void test_refusals(void)
 {
 	char big[1200 + 64], path[256];
@@ -559,6 +610,7 @@ int main(void)
 	test_values();
 	test_refusals();
 	test_digest();
+	test_calls();
 	test_failure_keeps_config();
 	test_restart_diff();
 	unlink(file);
