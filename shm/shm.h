@@ -35,7 +35,7 @@
 
 #define SHM_CACHELINE        64
 #define SHM_MAGIC            0x74676174654d454dULL /* "tgateMEM" */
-#define SHM_LAYOUT_VERSION   3
+#define SHM_LAYOUT_VERSION   4
 #define SHM_FAILURE_WINDOW_S 60 /* seconds per window of the failure counts (shm/failures.h) */
 
 /* Request methods and outcomes counted per worker. */

@@ -21,6 +21,13 @@
  * tombstoned base entries still name it, until a compaction publishes a
  * base without them; only then is the slot FREE for another account.
  *
+ * Call policies (an account's destination prefixes and restricted codecs)
+ * are kept per slot, each a heap block in the head's own format (entries
+ * of a length byte and the bytes), and laid out into one packed pool only
+ * when a publish finds them changed; a head's pool is then one copy, and
+ * a delta that changed no policy copies the pool as it was. What the pool
+ * may hold in total is checked at every put (see snap_model_account_put2()).
+ *
  * SIP users live in the head alone, so every head carries all of them,
  * and the model keeps them the way a head does: a dense array of
  * snap_user_sh_t (a delete moves the last user into the hole), the hash
@@ -57,6 +64,7 @@ typedef struct mrule {
 	uint32_t slot;    /* account slot */
 	uint32_t next;    /* the account's rule list; the free list when not live */
 	uint32_t prev;
+	uint32_t max_channels, max_cps, cps_burst;
 	uint32_t mark; /* the mark it was last put under */
 	uint16_t port;
 	uint8_t nranges, active, direction, prefix_len, flags;
@@ -68,6 +76,8 @@ typedef struct mslot {
 	uint32_t first_rule; /* NONE: no rules */
 	uint32_t next_free;  /* while FREE */
 	uint32_t first_user; /* NONE: no users */
+	uint8_t *policy;     /* the account's lists as the pool holds them; NULL when it has none */
+	uint32_t policy_len; /* bytes of it: allowed_len + denied_len + codecs_len */
 } mslot_t;
 
 /* What the model keeps about a user beside its head format, by the same index. */
@@ -120,6 +130,13 @@ struct snap_model {
 	uint32_t ubucket_bits;
 	tg_range_t *uranges; /* each user's ranges at its range_off; holes until ranges_pack() */
 	uint32_t range_used, range_live, alloc_ranges;
+
+	uint32_t policy_cap;    /* SNAP_POLICY_TOTAL(cap_accounts): bytes the pool may hold */
+	uint64_t policy_live;   /* bytes of every live account's lists */
+	uint64_t policy_marked; /* of those, the accounts put under the current mark */
+	uint8_t *pool;          /* the lists packed in slot order, as heads carry them */
+	uint32_t pool_used, pool_alloc;
+	int pool_stale; /* a list changed since the pool was packed */
 
 	uint32_t mark;
 	int in_load; /* between mark_begin and the sweep */
@@ -257,6 +274,7 @@ snap_model_t *snap_model_new(uint32_t cap_accounts, uint32_t cap_rules, uint32_t
 	m->cap_users = cap_users;
 	m->range_cap = snap_user_range_cap(cap_users);
 	m->cap_accounts = cap_accounts;
+	m->policy_cap = snap_policy_cap(cap_accounts);
 	m->cap_rules = cap_rules;
 	m->slot_cap = snap_account_slots(cap_accounts);
 	m->ov_cap = snap_overlay_cap(cap_rules);
@@ -275,6 +293,9 @@ void snap_model_free(snap_model_t *m)
 	for (uint32_t i = 0; i < m->nused; i++)
 		if (m->rules[i].flags & R_LIVE)
 			free(m->rules[i].many);
+	for (uint32_t s = 0; s < m->nslots; s++)
+		free(m->slots[s].policy);
+	free(m->pool);
 	free(m->accounts);
 	free(m->slots);
 	free(m->account_ids.slots);
@@ -344,47 +365,213 @@ static uint32_t slot_take(snap_model_t *m, const char **err)
 	}
 	m->slots[s].first_rule = NONE;
 	m->slots[s].first_user = NONE;
+	m->slots[s].policy = NULL;
+	m->slots[s].policy_len = 0;
 	m->live_accounts++;
 	return s;
+}
+
+/* What a SIP user part may carry but ';' (parameters follow it), plus '#', which dial strings use raw. */
+static int prefix_char_ok(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+	       (c != '\0' && strchr("-_.!~*'()%&=+$,?/#", c) != NULL);
+}
+
+static int codec_char_ok(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '.' ||
+	       c == '_' || c == '-';
+}
+
+/*
+ * Appends n entries to the block at out + *len (one length byte, then the
+ * bytes; codecs upper case). Returns NULL, or why not.
+ */
+static const char *policy_list(uint8_t *out, size_t *len, const char *const *list, unsigned n, int codecs)
+{
+	for (unsigned k = 0; k < n; k++) {
+		const char *e = list[k] != NULL ? list[k] : "";
+		size_t elen = strlen(e);
+
+		if (elen == 0 || elen > (codecs ? SNAP_CODEC_MAX : SNAP_DEST_PREFIX_MAX))
+			return codecs ? "bad codec name: empty or longer than 32 bytes"
+			              : "bad destination prefix: empty or longer than 32 bytes";
+		out[(*len)++] = (uint8_t)elen;
+		for (size_t i = 0; i < elen; i++) {
+			unsigned char c = (unsigned char)e[i];
+
+			if (codecs ? !codec_char_ok(c) : !prefix_char_ok(c))
+				return codecs ? "bad codec name: only letters, digits, '.', '_' and '-'"
+				              : "bad destination prefix: a character a SIP user part cannot "
+				                "carry";
+			out[(*len)++] = codecs && c >= 'a' && c <= 'z' ? (uint8_t)(c - ('a' - 'A')) : c;
+		}
+	}
+	return NULL;
+}
+
+/* An account's block, the most it can be: every list full of the longest entries. */
+#define POLICY_BLOCK_MAX                                                                                     \
+	(2 * SNAP_DEST_PREFIXES * (1 + SNAP_DEST_PREFIX_MAX) + SNAP_CODECS * (1 + SNAP_CODEC_MAX))
+
+/* The three lists into block (POLICY_BLOCK_MAX bytes), their sizes into acc. Returns NULL, or why not. */
+static const char *policy_make(const snap_account_info_t *in, uint8_t *block, snap_account_sh_t *acc)
+{
+	size_t len = 0, at;
+	const char *err;
+
+	if (in->nallowed > SNAP_DEST_PREFIXES)
+		return "too many allowed prefixes";
+	if (in->ndenied > SNAP_DEST_PREFIXES)
+		return "too many denied prefixes";
+	if (in->ncodecs > SNAP_CODECS)
+		return "too many restricted codecs";
+	if ((in->nallowed > 0 && in->allowed_prefixes == NULL) ||
+	    (in->ndenied > 0 && in->denied_prefixes == NULL) ||
+	    (in->ncodecs > 0 && in->restricted_codecs == NULL))
+		return "no list given";
+	if ((err = policy_list(block, &len, in->allowed_prefixes, in->nallowed, 0)) != NULL)
+		return err;
+	acc->allowed_len = (uint16_t)len;
+	at = len;
+	if ((err = policy_list(block, &len, in->denied_prefixes, in->ndenied, 0)) != NULL)
+		return err;
+	acc->denied_len = (uint16_t)(len - at);
+	at = len;
+	if ((err = policy_list(block, &len, in->restricted_codecs, in->ncodecs, 1)) != NULL)
+		return err;
+	acc->codecs_len = (uint16_t)(len - at);
+	acc->nallowed = (uint8_t)in->nallowed;
+	acc->ndenied = (uint8_t)in->ndenied;
+	acc->ncodecs = (uint8_t)in->ncodecs;
+	assert(len <= POLICY_BLOCK_MAX);
+	return NULL;
+}
+
+/*
+ * The pool's total if slot s (NONE: a new account) held len bytes. In a
+ * full load only the accounts put since mark_begin count: the sweep drops
+ * the rest, and a load that replaces accounts must not find their lists
+ * in its way.
+ */
+static uint64_t policy_total_with(const snap_model_t *m, uint32_t s, uint32_t len)
+{
+	uint32_t old = s != NONE ? m->slots[s].policy_len : 0;
+
+	if (m->in_load)
+		return m->policy_marked - (s != NONE && m->slots[s].mark == m->mark ? old : 0) + len;
+	return m->policy_live - old + len;
+}
+
+/* Slot s drops its lists (the account is deleted, or about to get new ones). */
+static void policy_drop(snap_model_t *m, uint32_t s)
+{
+	mslot_t *slot = &m->slots[s];
+
+	m->policy_live -= slot->policy_len;
+	if (slot->mark == m->mark)
+		m->policy_marked -= slot->policy_len;
+	if (slot->policy_len > 0)
+		m->pool_stale = 1;
+	free(slot->policy);
+	slot->policy = NULL;
+	slot->policy_len = 0;
+}
+
+/* A put that changes nothing leaves the pool alone: a full load over unchanged accounts stays cheap. */
+static int account_same(const snap_model_t *m, uint32_t s, const snap_account_sh_t *a, const uint8_t *block)
+{
+	snap_account_sh_t have = m->accounts[s];
+
+	have.policy_off = a->policy_off;
+	return memcmp(&have, a, sizeof(have)) == 0 &&
+	       (m->slots[s].policy_len == 0 ||
+	        memcmp(m->slots[s].policy, block, m->slots[s].policy_len) == 0);
+}
+
+/* Checks, then reserves, then stores: a refused put leaves the model as it was. */
+int snap_model_account_put2(snap_model_t *m, const snap_account_info_t *in, const char **err)
+{
+	uint8_t block[POLICY_BLOCK_MAX], *copy = NULL;
+	const char *dummy, *name = in->name != NULL ? in->name : "";
+	snap_account_sh_t a;
+	uint32_t len;
+	int64_t s;
+
+	if (err == NULL)
+		err = &dummy;
+	if (strlen(name) >= SNAP_NAME_MAX) {
+		*err = "account name too long";
+		return -1;
+	}
+	/* Zeroed padding keeps a head's bytes a function of its content only. */
+	memset(&a, 0, sizeof(a));
+	if ((*err = policy_make(in, block, &a)) != NULL)
+		return -1;
+	len = (uint32_t)a.allowed_len + a.denied_len + a.codecs_len;
+	s = id_map_get(&m->account_ids, in->id);
+	a.id = in->id;
+	a.active = in->active ? 1 : 0;
+	a.max_channels = in->max_channels;
+	a.max_cps = in->max_cps;
+	a.cps_burst = in->cps_burst;
+	a.state = SNAP_ACCOUNT_LIVE;
+	strcpy(a.name, name);
+	/* Before the shortcut: an unchanged account a full load reads again counts anew. */
+	if (policy_total_with(m, s >= 0 ? (uint32_t)s : NONE, len) > m->policy_cap) {
+		*err = "too many destination prefixes and codecs in total";
+		return -1;
+	}
+	if (s >= 0 && account_same(m, (uint32_t)s, &a, block)) {
+		if (m->slots[s].mark != m->mark)
+			m->policy_marked += len;
+		m->slots[s].mark = m->mark;
+		return 0;
+	}
+	if (len > 0 && (copy = malloc(len)) == NULL) {
+		*err = "out of memory";
+		return -1;
+	}
+	if (len > 0)
+		memcpy(copy, block, len);
+	if (s < 0) {
+		if (id_map_reserve(&m->account_ids) < 0) {
+			free(copy);
+			*err = "out of memory";
+			return -1;
+		}
+		if ((s = slot_take(m, err)) == NONE) {
+			free(copy);
+			return -1;
+		}
+		id_map_put(&m->account_ids, in->id, (uint32_t)s);
+	} else {
+		policy_drop(m, (uint32_t)s);
+	}
+	m->accounts[s] = a;
+	m->slots[s].policy = copy;
+	m->slots[s].policy_len = len;
+	m->slots[s].mark = m->mark;
+	m->policy_live += len;
+	m->policy_marked += len;
+	if (len > 0)
+		m->pool_stale = 1;
+	return 0;
 }
 
 int snap_model_account_put(snap_model_t *m, int64_t id, const char *name, int active, uint32_t max_channels,
                            uint32_t max_cps, const char **err)
 {
-	const char *dummy;
-	int64_t s;
+	snap_account_info_t a;
 
-	if (err == NULL)
-		err = &dummy;
-	if (name == NULL)
-		name = "";
-	if (strlen(name) >= SNAP_NAME_MAX) {
-		*err = "account name too long";
-		return -1;
-	}
-	s = id_map_get(&m->account_ids, id);
-	if (s < 0) {
-		if (id_map_reserve(&m->account_ids) < 0) {
-			*err = "out of memory";
-			return -1;
-		}
-		if ((s = slot_take(m, err)) == NONE)
-			return -1;
-		id_map_put(&m->account_ids, id, (uint32_t)s);
-	}
-
-	snap_account_sh_t *a = &m->accounts[s];
-
-	/* Zeroed padding keeps a head's bytes a function of its content only. */
-	memset(a, 0, sizeof(*a));
-	a->id = id;
-	a->active = active ? 1 : 0;
-	a->max_channels = max_channels;
-	a->max_cps = max_cps;
-	a->state = SNAP_ACCOUNT_LIVE;
-	strcpy(a->name, name);
-	m->slots[s].mark = m->mark;
-	return 0;
+	memset(&a, 0, sizeof(a));
+	a.id = id;
+	a.name = name;
+	a.active = active;
+	a.max_channels = max_channels;
+	a.max_cps = max_cps;
+	return snap_model_account_put2(m, &a, err);
 }
 
 static void rule_remove(snap_model_t *m, uint32_t i);
@@ -404,9 +591,13 @@ int snap_model_account_del(snap_model_t *m, int64_t id)
 	while (m->slots[s].first_user != NONE)
 		user_remove(m, m->slots[s].first_user);
 	id_map_del(&m->account_ids, id);
+	policy_drop(m, (uint32_t)s);
 	/* id and name stay, for whoever inspects a head; nothing matches it any more. */
 	m->accounts[s].state = SNAP_ACCOUNT_DELETED;
 	m->accounts[s].active = 0;
+	m->accounts[s].policy_off = 0;
+	m->accounts[s].allowed_len = m->accounts[s].denied_len = m->accounts[s].codecs_len = 0;
+	m->accounts[s].nallowed = m->accounts[s].ndenied = m->accounts[s].ncodecs = 0;
 	m->live_accounts--;
 	m->deleted_slots++;
 	return 0;
@@ -497,36 +688,37 @@ typedef struct rule_in {
 	const tg_range_t *ranges;
 } rule_in_t;
 
-static const char *rule_in_make(const snap_model_t *m, rule_in_t *in, int64_t id, int64_t account_id,
-                                const tg_range_t *ranges, unsigned nranges, uint16_t port,
-                                const char *tech_prefix, int active, unsigned direction)
+static const char *rule_in_make(const snap_model_t *m, rule_in_t *in, const snap_rule_info_t *ri)
 {
-	int64_t slot = id_map_get(&m->account_ids, account_id);
-	const char *err;
+	int64_t slot = id_map_get(&m->account_ids, ri->account_id);
+	const char *err, *tech_prefix = ri->tech_prefix != NULL ? ri->tech_prefix : "";
 
 	if (slot < 0)
 		return "unknown account";
-	if (nranges > SNAP_MAX_RANGES)
+	if (ri->nranges > SNAP_MAX_RANGES)
 		return "too many ranges";
-	if (nranges > 0 && ranges == NULL)
+	if (ri->nranges > 0 && ri->ranges == NULL)
 		return "no ranges given";
-	for (unsigned k = 0; k < nranges; k++)
-		if ((err = range_check(&ranges[k])) != NULL)
+	for (unsigned k = 0; k < ri->nranges; k++)
+		if ((err = range_check(&ri->ranges[k])) != NULL)
 			return err;
 	if (strlen(tech_prefix) >= SNAP_PREFIX_MAX)
 		return "tech prefix too long";
-	if (direction < SNAP_DIR_INGRESS || direction > SNAP_DIR_BOTH)
+	if (ri->direction < SNAP_DIR_INGRESS || ri->direction > SNAP_DIR_BOTH)
 		return "bad direction";
 	memset(in, 0, sizeof(*in));
-	in->r.id = id;
+	in->r.id = ri->id;
+	in->r.max_channels = ri->max_channels;
+	in->r.max_cps = ri->max_cps;
+	in->r.cps_burst = ri->cps_burst;
 	in->r.slot = (uint32_t)slot;
-	in->r.port = port;
-	in->r.nranges = (uint8_t)nranges;
-	in->r.active = active ? 1 : 0;
-	in->r.direction = (uint8_t)direction;
+	in->r.port = ri->port;
+	in->r.nranges = (uint8_t)ri->nranges;
+	in->r.active = ri->active ? 1 : 0;
+	in->r.direction = (uint8_t)ri->direction;
 	in->r.prefix_len = (uint8_t)strlen(tech_prefix);
 	strcpy(in->r.prefix, tech_prefix);
-	in->ranges = ranges;
+	in->ranges = ri->ranges;
 	return NULL;
 }
 
@@ -543,7 +735,8 @@ static int rule_same(const mrule_t *r, const rule_in_t *in)
 
 	if (r->slot != in->r.slot || r->port != in->r.port || r->nranges != in->r.nranges ||
 	    r->active != in->r.active || r->direction != in->r.direction ||
-	    strcmp(r->prefix, in->r.prefix) != 0)
+	    strcmp(r->prefix, in->r.prefix) != 0 || r->max_channels != in->r.max_channels ||
+	    r->max_cps != in->r.max_cps || r->cps_burst != in->r.cps_burst)
 		return 0;
 	for (unsigned k = 0; k < r->nranges; k++)
 		if (!range_same(&have[k], &in->ranges[k]))
@@ -611,20 +804,16 @@ static void rule_store(snap_model_t *m, uint32_t i, rule_in_t *in, int fresh)
 	rule_dirty(m, i);
 }
 
-int snap_model_rule_put(snap_model_t *m, int64_t id, int64_t account_id, const tg_range_t *ranges,
-                        unsigned nranges, uint16_t port, const char *tech_prefix, int active,
-                        unsigned direction, const char **err)
+int snap_model_rule_put2(snap_model_t *m, const snap_rule_info_t *ri, const char **err)
 {
 	const char *dummy;
 	rule_in_t in;
-	int64_t have = id_map_get(&m->rule_ids, id);
+	int64_t have = id_map_get(&m->rule_ids, ri->id);
 	uint32_t i;
 
 	if (err == NULL)
 		err = &dummy;
-	*err = rule_in_make(m, &in, id, account_id, ranges, nranges, port, tech_prefix ? tech_prefix : "",
-	                    active, direction);
-	if (*err != NULL)
+	if ((*err = rule_in_make(m, &in, ri)) != NULL)
 		return -1;
 	if (have >= 0 && rule_same(&m->rules[have], &in)) {
 		m->rules[have].mark = m->mark;
@@ -644,9 +833,55 @@ int snap_model_rule_put(snap_model_t *m, int64_t id, int64_t account_id, const t
 	} else {
 		i = m->nused++;
 	}
-	id_map_put(&m->rule_ids, id, i);
+	id_map_put(&m->rule_ids, ri->id, i);
 	rule_store(m, i, &in, 1);
 	m->live_rules++;
+	return 0;
+}
+
+int snap_model_rule_put(snap_model_t *m, int64_t id, int64_t account_id, const tg_range_t *ranges,
+                        unsigned nranges, uint16_t port, const char *tech_prefix, int active,
+                        unsigned direction, const char **err)
+{
+	snap_rule_info_t ri;
+
+	memset(&ri, 0, sizeof(ri));
+	ri.id = id;
+	ri.account_id = account_id;
+	ri.ranges = ranges;
+	ri.nranges = nranges;
+	ri.port = port;
+	ri.tech_prefix = tech_prefix;
+	ri.active = active;
+	ri.direction = direction;
+	return snap_model_rule_put2(m, &ri, err);
+}
+
+static void rule_info_of(const snap_model_t *m, const mrule_t *r, snap_rule_info_t *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->id = r->id;
+	out->account_id = m->accounts[r->slot].id;
+	out->ranges = rule_ranges(r);
+	out->nranges = r->nranges;
+	out->port = r->port;
+	out->tech_prefix = r->prefix;
+	out->active = r->active;
+	out->direction = r->direction;
+	out->max_channels = r->max_channels;
+	out->max_cps = r->max_cps;
+	out->cps_burst = r->cps_burst;
+}
+
+int snap_model_rule_get(const snap_model_t *m, int64_t id, snap_rule_info_t *out)
+{
+	int64_t i = id_map_get(&m->rule_ids, id);
+
+	if (i < 0) {
+		errno = ENOENT;
+		return -1;
+	}
+	rule_info_of(m, &m->rules[i], out);
 	return 0;
 }
 
@@ -1105,6 +1340,7 @@ void snap_model_mark_begin(snap_model_t *m)
 	if (++m->mark == 0)
 		m->mark = 1;
 	m->in_load = 1;
+	m->policy_marked = 0;
 }
 
 uint32_t snap_model_sweep(snap_model_t *m)
@@ -1126,17 +1362,68 @@ uint32_t snap_model_sweep(snap_model_t *m)
 	return before - (m->live_accounts + m->live_rules + m->nusers);
 }
 
+/*
+ * An account's block as the info's three arrays: text (POLICY_BLOCK_MAX
+ * bytes) gets the entries NUL-terminated, each in place of its length
+ * byte's successor, so it needs no more room than the block.
+ */
+typedef struct policy_text {
+	char bytes[POLICY_BLOCK_MAX];
+	const char *allowed[SNAP_DEST_PREFIXES], *denied[SNAP_DEST_PREFIXES], *codecs[SNAP_CODECS];
+} policy_text_t;
+
+static void policy_split(const uint8_t *p, unsigned n, char **out, const char **list)
+{
+	for (unsigned k = 0; k < n; k++) {
+		list[k] = *out;
+		memcpy(*out, p + 1, p[0]);
+		(*out)[p[0]] = '\0';
+		*out += p[0] + 1;
+		p += 1 + p[0];
+	}
+}
+
+static void policy_decode(const snap_account_sh_t *a, const uint8_t *block, policy_text_t *t,
+                          snap_account_info_t *info)
+{
+	char *out = t->bytes;
+
+	if (block == NULL) /* no lists: the info's stay NULL and 0 */
+		return;
+	policy_split(block, a->nallowed, &out, t->allowed);
+	policy_split(block + a->allowed_len, a->ndenied, &out, t->denied);
+	policy_split(block + a->allowed_len + a->denied_len, a->ncodecs, &out, t->codecs);
+	info->allowed_prefixes = t->allowed;
+	info->nallowed = a->nallowed;
+	info->denied_prefixes = t->denied;
+	info->ndenied = a->ndenied;
+	info->restricted_codecs = t->codecs;
+	info->ncodecs = a->ncodecs;
+}
+
 int snap_model_foreach_account(const snap_model_t *m, snap_account_fn fn, void *arg)
 {
+	policy_text_t text;
+
 	for (uint32_t s = 0; s < m->nslots; s++) {
 		const snap_account_sh_t *a = &m->accounts[s];
 
 		if (a->state != SNAP_ACCOUNT_LIVE)
 			continue;
 
-		snap_account_info_t info = {a->id, a->name, (int)a->active, a->max_channels, a->max_cps, s};
-		int rc = fn(arg, &info);
+		snap_account_info_t info;
+		int rc;
 
+		memset(&info, 0, sizeof(info));
+		info.id = a->id;
+		info.name = a->name;
+		info.active = (int)a->active;
+		info.max_channels = a->max_channels;
+		info.max_cps = a->max_cps;
+		info.slot = s;
+		info.cps_burst = a->cps_burst;
+		policy_decode(a, m->slots[s].policy, &text, &info);
+		rc = fn(arg, &info);
 		if (rc != 0)
 			return rc;
 	}
@@ -1151,11 +1438,11 @@ int snap_model_foreach_rule(const snap_model_t *m, snap_rule_fn fn, void *arg)
 		if (!(r->flags & R_LIVE))
 			continue;
 
-		snap_rule_info_t info = {r->id,          m->accounts[r->slot].id,
-		                         rule_ranges(r), r->nranges,
-		                         r->port,        r->prefix,
-		                         r->active,      r->direction};
-		int rc = fn(arg, &info);
+		snap_rule_info_t info;
+		int rc;
+
+		rule_info_of(m, r, &info);
+		rc = fn(arg, &info);
 
 		if (rc != 0)
 			return rc;
@@ -1175,6 +1462,9 @@ static void entry_write(snap_rule_sh_t *e, const mrule_t *r, const tg_range_t *r
 	e->range.last = range->last;
 	e->range.family = range->family;
 	e->account = r->slot;
+	e->max_channels = r->max_channels;
+	e->max_cps = r->max_cps;
+	e->cps_burst = r->cps_burst;
 	e->port = r->port;
 	e->active = 1;
 	e->direction = r->direction;
@@ -1283,8 +1573,27 @@ static size_t head_users(const snap_model_t *m, unsigned char *arena, size_t siz
 	return h->off_user_ranges + ranges;
 }
 
-/* Account slots, (with_overlay) the sorted tombstones, and the users, from off. Returns the end, or 0
- * (ENOSPC). */
+/* The policy pool, from off, zero-padded to 8 bytes. Returns the end, or 0 (ENOSPC). */
+static size_t head_policy(const snap_model_t *m, unsigned char *arena, size_t size, snap_head_sh_t *h,
+                          size_t off)
+{
+	size_t end = off + SNAP_ALIGN8(m->pool_used);
+
+	assert(!m->pool_stale); /* publish() packed it */
+	if (end > size) {
+		errno = ENOSPC;
+		return 0;
+	}
+	if (m->pool_used > 0)
+		memcpy(arena + off, m->pool, m->pool_used);
+	memset(arena + off + m->pool_used, 0, end - off - m->pool_used);
+	h->off_policy = off;
+	h->policy_bytes = m->pool_used;
+	return end;
+}
+
+/* Account slots, (with_overlay) the sorted tombstones, the users and the policy pool, from off. Returns
+ * the end, or 0 (ENOSPC). */
 static size_t head_tables(snap_model_t *m, unsigned char *arena, size_t size, snap_head_sh_t *h,
                           int with_overlay)
 {
@@ -1305,7 +1614,9 @@ static size_t head_tables(snap_model_t *m, unsigned char *arena, size_t size, sn
 		qsort(m->tombs, m->ntombs, sizeof(int64_t), id_cmp);
 		memcpy(arena + h->off_tombs, m->tombs, tombs);
 	}
-	return head_users(m, arena, size, h, h->off_tombs + SNAP_ALIGN8(tombs));
+	size_t end = head_users(m, arena, size, h, h->off_tombs + SNAP_ALIGN8(tombs));
+
+	return end == 0 ? 0 : head_policy(m, arena, size, h, end);
 }
 
 /* The entries of every dirty rule, from off. Returns how many, or -1 (ENOSPC). */
@@ -1503,6 +1814,38 @@ static int publish_compaction(snap_model_t *m, shm_t *shm, uint64_t cur, uint64_
 	return 0;
 }
 
+/*
+ * Every live account's lists, packed in slot order into the pool heads
+ * copy, each account's policy_off set to where its lists went. Returns 0,
+ * or -1 (out of memory) with the old pool kept and still stale.
+ */
+static int pool_pack(snap_model_t *m)
+{
+	uint32_t n = 0;
+
+	assert(m->policy_live <= UINT32_MAX);
+	if (m->policy_live > m->pool_alloc) {
+		uint8_t *p = realloc(m->pool, (size_t)m->policy_live);
+
+		if (p == NULL)
+			return -1;
+		m->pool = p;
+		m->pool_alloc = (uint32_t)m->policy_live;
+	}
+	for (uint32_t s = 0; s < m->nslots; s++) {
+		const mslot_t *slot = &m->slots[s];
+
+		m->accounts[s].policy_off = slot->policy_len > 0 ? n : 0;
+		if (slot->policy_len > 0)
+			memcpy(m->pool + n, slot->policy, slot->policy_len);
+		n += slot->policy_len;
+	}
+	assert(n == m->policy_live);
+	m->pool_used = n;
+	m->pool_stale = 0;
+	return 0;
+}
+
 static int publish(snap_model_t *m, shm_t *shm, uint64_t built_ms, int force, snap_publish_stats_t *out)
 {
 	uint64_t t0 = tg_now_ns(), cur = atomic_load(&shm->snapctl->generation);
@@ -1512,12 +1855,16 @@ static int publish(snap_model_t *m, shm_t *shm, uint64_t built_ms, int force, sn
 
 	/* Puts refuse users past their capacity; the check stands guard over the head arena all the same. */
 	if (m->live_accounts > m->cap_accounts || m->live_rules > m->cap_rules || m->nusers > m->cap_users ||
-	    m->range_live > m->range_cap) {
+	    m->range_live > m->range_cap || m->policy_live > m->policy_cap) {
 		errno = ENOSPC;
 		return -1;
 	}
 	/* Holes out before any head copies the ranges; the same allocation as now. */
 	if (m->range_used != m->range_live && ranges_pack(m, m->alloc_ranges) < 0) {
+		errno = ENOMEM;
+		return -1;
+	}
+	if (m->pool_stale && pool_pack(m) < 0) {
 		errno = ENOMEM;
 		return -1;
 	}

@@ -1,8 +1,8 @@
 /*
  * The provisioning snapshot's shared-memory side: the interval index
  * (built for a base or an overlay), the two-level lookup workers run per
- * request, the SIP user lookup, the checksum, and the arena protocol
- * described in snapshot.h.
+ * request, the SIP user lookup, the accounts' call policy, the checksum,
+ * and the arena protocol described in snapshot.h.
  * What goes into a base or a head, and when, is decided by the loader's
  * model in snapmodel.c. This file never logs, never allocates on the
  * lookup path, and writes only the region it is handed.
@@ -627,13 +627,21 @@ static size_t users_size_bound(uint32_t users)
 	       SNAP_ALIGN8((size_t)snap_user_range_cap(users) * sizeof(tg_range_t));
 }
 
+uint32_t snap_policy_cap(uint32_t accounts)
+{
+	uint64_t n = SNAP_POLICY_TOTAL(accounts);
+
+	return n > UINT32_MAX / 2 ? UINT32_MAX / 2 : (uint32_t)n;
+}
+
 size_t snap_head_size_bound(uint32_t accounts, uint32_t rules, uint32_t users)
 {
 	size_t ov = snap_overlay_cap(rules);
 
 	return SNAP_ALIGN8(sizeof(snap_head_sh_t)) +
 	       SNAP_ALIGN8((size_t)snap_account_slots(accounts) * sizeof(snap_account_sh_t)) +
-	       SNAP_ALIGN8(ov * sizeof(int64_t)) + users_size_bound(users) + index_size_bound(ov);
+	       SNAP_ALIGN8(ov * sizeof(int64_t)) + users_size_bound(users) +
+	       SNAP_ALIGN8(snap_policy_cap(accounts)) + index_size_bound(ov);
 }
 
 /* ------------------------------------------------------------------ */
@@ -873,6 +881,75 @@ const snap_account_sh_t *snap_user_account(const snap_view_t *v, const snap_user
 	/* A user names a live account: the model drops an account's users with it. */
 	assert(u->account < v->head->naccounts && a->state == SNAP_ACCOUNT_LIVE);
 	return a;
+}
+
+/* ------------------------------------------------------------------ */
+/* call policy                                                         */
+
+/* The account's lists: allowed_len, denied_len and codecs_len bytes from here. */
+static const uint8_t *account_policy(const snap_view_t *v, const snap_account_sh_t *a)
+{
+	const snap_head_sh_t *h = v->head;
+
+	assert(a >= snap_accounts(h) && a < snap_accounts(h) + h->naccounts);
+	assert((uint64_t)a->policy_off + a->allowed_len + a->denied_len + a->codecs_len <= h->policy_bytes);
+	return (const uint8_t *)h + h->off_policy + a->policy_off;
+}
+
+/* Does an entry of the list (bytes bytes from p: a length byte, then that many) start s? */
+static int list_starts(const uint8_t *p, size_t bytes, const char *s, size_t len)
+{
+	const uint8_t *end = p + bytes;
+
+	for (; p < end; p += 1 + p[0])
+		if (p[0] <= len && memcmp(p + 1, s, p[0]) == 0)
+			return 1;
+	return 0;
+}
+
+int snap_account_destination_allowed(const snap_view_t *v, const snap_account_sh_t *a, const char *user,
+                                     size_t len)
+{
+	const uint8_t *p;
+
+	if (a->nallowed == 0 && a->ndenied == 0)
+		return 1;
+	p = account_policy(v, a);
+	if (a->ndenied > 0 && list_starts(p + a->allowed_len, a->denied_len, user, len))
+		return 0;
+	return a->nallowed == 0 || list_starts(p, a->allowed_len, user, len);
+}
+
+/* Stored upper case; the SDP's case is the sender's. ASCII only, like the names. */
+static int codec_is(const uint8_t *stored, const char *codec, size_t len)
+{
+	for (size_t k = 0; k < len; k++) {
+		unsigned char c = (unsigned char)codec[k];
+
+		if ((c >= 'a' && c <= 'z' ? c - ('a' - 'A') : c) != stored[k])
+			return 0;
+	}
+	return 1;
+}
+
+int snap_account_codec_restricted(const snap_view_t *v, const snap_account_sh_t *a, const char *codec,
+                                  size_t len)
+{
+	const uint8_t *p, *end;
+
+	if (a->ncodecs == 0 || len == 0 || len > SNAP_CODEC_MAX)
+		return 0;
+	p = account_policy(v, a) + a->allowed_len + a->denied_len;
+	for (end = p + a->codecs_len; p < end; p += 1 + p[0])
+		if (p[0] == len && codec_is(p + 1, codec, len))
+			return 1;
+	return 0;
+}
+
+uint32_t snap_account_ncodecs(const snap_view_t *v, const snap_account_sh_t *a)
+{
+	(void)v;
+	return a->ncodecs;
 }
 
 /* ------------------------------------------------------------------ */

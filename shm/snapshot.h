@@ -18,6 +18,11 @@
  * Entries name their account by slot (the loader's snap_model_t assigns
  * slots, stable while the account lives), and accounts live in the head
  * only, so deactivating or renaming an account is a head-only publish.
+ * So do the accounts' call policies (destination prefixes allowed and
+ * denied, codecs refused): one pool of short strings in the head, which
+ * each account names by offset (see "Call policy" below). A rule entry
+ * carries its own call limits, so a rule whose limits change is a changed
+ * rule like any other (overlay and tombstone).
  *
  * Publication. The writer is the loader alone (snap_model_publish()).
  *   Head generation g lives in head arena g & 1. Publishing g+1 writes
@@ -132,6 +137,27 @@ typedef struct snap_base_sh {
  */
 #define SNAP_USER_RANGES_TOTAL(users) (4 * (uint64_t)(users) + 1024)
 
+/*
+ * Call policy. An account's three lists (allowed destination prefixes,
+ * denied destination prefixes, restricted codecs) sit back to back in the
+ * head's policy pool from the account's policy_off, each entry one length
+ * byte and its bytes (no NUL): allowed_len bytes of allowed prefixes,
+ * then denied_len of denied ones, then codecs_len of codecs, stored upper
+ * case. Readers walk them in place, allocating nothing.
+ */
+#define SNAP_DEST_PREFIXES   64 /* prefixes in one list (allowed or denied) of one account */
+#define SNAP_DEST_PREFIX_MAX 32 /* bytes of a destination prefix */
+#define SNAP_CODECS          32 /* restricted codecs of one account */
+#define SNAP_CODEC_MAX       32 /* bytes of a codec name */
+/*
+ * Bytes of policy pool all accounts have together, for a capacity of
+ * accounts: a head is sized for this, not for every account holding full
+ * lists (5,280 bytes an account), and a put that would take the model's
+ * total past it is refused ("too many destination prefixes and codecs in
+ * total"). Each prefix or codec counts its length plus one.
+ */
+#define SNAP_POLICY_TOTAL(accounts) (256 * (uint64_t)(accounts) + 65536)
+
 typedef struct snap_head_sh {
 	uint64_t magic;           /* SNAP_HEAD_MAGIC */
 	uint64_t checksum;        /* snap_region_hash() of bytes [16, size) */
@@ -152,6 +178,9 @@ typedef struct snap_head_sh {
 	uint32_t nuser_ranges;     /* allowed source ranges, all users' */
 	uint32_t pad2;
 	uint64_t off_users, off_user_buckets, off_user_ranges;
+	uint32_t policy_bytes; /* bytes of the policy pool, all accounts' */
+	uint32_t pad3;
+	uint64_t off_policy;
 } snap_head_sh_t;
 
 enum snap_account_state {
@@ -161,11 +190,20 @@ enum snap_account_state {
 };
 
 typedef struct snap_account_sh {
-	int64_t id;               /* tollgate.accounts.id */
-	uint32_t active;          /* 0/1 */
-	uint32_t max_channels;    /* 0 = unlimited */
-	uint32_t max_cps;         /* 0 = unlimited */
-	uint32_t state;           /* enum snap_account_state */
+	int64_t id;            /* tollgate.accounts.id */
+	uint32_t active;       /* 0/1 */
+	uint32_t max_channels; /* 0 = unlimited */
+	uint32_t max_cps;      /* 0 = unlimited */
+	uint32_t state;        /* enum snap_account_state */
+	uint32_t cps_burst;    /* new calls a burst may take at once; 0 = max_cps */
+	uint32_t policy_off;   /* its lists in the head's policy pool; 0 when it has none */
+	uint16_t allowed_len;  /* bytes of allowed prefixes there, from policy_off */
+	uint16_t denied_len;   /* bytes of denied prefixes, after them */
+	uint16_t codecs_len;   /* bytes of restricted codecs, after those */
+	uint8_t nallowed;      /* allowed prefixes, 0..SNAP_DEST_PREFIXES; 0 = every destination */
+	uint8_t ndenied;       /* denied prefixes, 0..SNAP_DEST_PREFIXES */
+	uint8_t ncodecs;       /* restricted codecs, 0..SNAP_CODECS */
+	uint8_t pad[7];
 	char name[SNAP_NAME_MAX]; /* NUL-terminated */
 } snap_account_sh_t;
 
@@ -174,6 +212,9 @@ typedef struct snap_rule_sh {
 	int64_t id; /* tollgate.ip_rules.id */
 	tg_range_t range;
 	uint32_t account;                  /* account slot in the head */
+	uint32_t max_channels;             /* the rule's own limits: 0 = unlimited */
+	uint32_t max_cps;                  /* 0 = unlimited */
+	uint32_t cps_burst;                /* 0 = max_cps */
 	uint16_t port;                     /* 0 = any source port */
 	uint8_t active;                    /* 0/1; only active rules have entries */
 	uint8_t direction;                 /* enum snap_dir */
@@ -246,6 +287,21 @@ const snap_user_sh_t *snap_user_find(const snap_view_t *v, const char *username,
 int snap_user_source_allowed(const snap_view_t *v, const snap_user_sh_t *u, const tg_ip_t *ip);
 /* The account of u (a live slot of the same head). */
 const snap_account_sh_t *snap_user_account(const snap_view_t *v, const snap_user_sh_t *u);
+
+/*
+ * Call policy (an account of v's head, as a match or a user names it).
+ * 1 when account a may call user (len bytes, the Request-URI user after
+ * the tech prefix is stripped): no denied prefix starts it (deny wins),
+ * and the allowed list is empty or one of its prefixes starts it.
+ * Prefixes compare byte for byte, case-sensitively, as tech prefixes do.
+ */
+int snap_account_destination_allowed(const snap_view_t *v, const snap_account_sh_t *a, const char *user,
+                                     size_t len);
+/* 1 when codec (an SDP rtpmap encoding name, any case, len bytes) is restricted for a. */
+int snap_account_codec_restricted(const snap_view_t *v, const snap_account_sh_t *a, const char *codec,
+                                  size_t len);
+/* Number of restricted codecs (0: the SDP need not be looked at). */
+uint32_t snap_account_ncodecs(const snap_view_t *v, const snap_account_sh_t *a);
 const int64_t *snap_tombstones(const snap_head_sh_t *h); /* [h->ntombs], ascending */
 const snap_rule_sh_t *snap_index_entries(const void *region, const snap_index_sh_t *ix);
 /* Recompute a region's checksum; compare with its checksum field. */
@@ -273,22 +329,38 @@ uint32_t snap_account_slots(uint32_t accounts);
  */
 typedef struct snap_model snap_model_t;
 
+/*
+ * An account as put (snap_model_account_put2()) and as walked
+ * (snap_model_foreach_account()). The lists are arrays of NUL-terminated
+ * strings; NULL with a count of 0 is an empty list. slot is the model's
+ * answer, ignored on a put.
+ */
 typedef struct snap_account_info {
 	int64_t id;
 	const char *name;
 	int active;
-	uint32_t max_channels, max_cps;
+	uint32_t max_channels, max_cps; /* 0 = unlimited */
 	uint32_t slot;
+	uint32_t cps_burst;                   /* 0 = max_cps */
+	const char *const *allowed_prefixes;  /* [nallowed]: 1..SNAP_DEST_PREFIX_MAX bytes each */
+	unsigned nallowed;                    /* 0..SNAP_DEST_PREFIXES; 0 = every destination */
+	const char *const *denied_prefixes;   /* [ndenied] */
+	unsigned ndenied;                     /* 0..SNAP_DEST_PREFIXES */
+	const char *const *restricted_codecs; /* [ncodecs]: 1..SNAP_CODEC_MAX of [A-Za-z0-9._-], any case */
+	unsigned ncodecs;                     /* 0..SNAP_CODECS */
 } snap_account_info_t;
 
+/* A rule as put (snap_model_rule_put2()) and as walked (snap_model_foreach_rule()). */
 typedef struct snap_rule_info {
 	int64_t id, account_id;
 	const tg_range_t *ranges;
 	unsigned nranges; /* 0: a hostname not resolved yet, matches nothing */
 	uint16_t port;
-	const char *tech_prefix;
+	const char *tech_prefix; /* NULL or "" = none */
 	int active;
 	unsigned direction;
+	uint32_t max_channels, max_cps; /* the rule's own limits: 0 = unlimited */
+	uint32_t cps_burst;             /* 0 = max_cps */
 } snap_rule_info_t;
 
 enum snap_publish_kind {
@@ -318,23 +390,55 @@ uint32_t snap_model_naccounts(const snap_model_t *m);
 uint32_t snap_model_nrules(const snap_model_t *m);
 
 /*
- * Insert or update. Returns 0, or -1 with a static reason in *err (err
- * may be NULL): name too long, no free account slot, out of memory.
+ * Insert or update an account with no call policy: no burst of its own,
+ * every destination, no codec restricted. Returns 0, or -1 with a static
+ * reason in *err (err may be NULL): name too long, no free account slot,
+ * out of memory. The same as snap_model_account_put2() with those fields
+ * zero.
  */
 int snap_model_account_put(snap_model_t *m, int64_t id, const char *name, int active, uint32_t max_channels,
                            uint32_t max_cps, const char **err);
+/*
+ * Insert or update an account with everything it carries (a->slot is
+ * ignored). Codecs are stored upper case. Returns 0, or -1 with a static
+ * reason in *err (err may be NULL): those of snap_model_account_put(),
+ * and too many allowed prefixes, too many denied prefixes, too many
+ * restricted codecs, no list given (a count with a NULL array), bad
+ * destination prefix (empty, longer than SNAP_DEST_PREFIX_MAX, or a byte
+ * outside letters, digits and -_.!~*'()%&=+$,?/#), bad codec name (empty,
+ * longer than SNAP_CODEC_MAX, or outside [A-Za-z0-9._-]), too many
+ * destination prefixes and codecs in total (the
+ * model's pool would pass SNAP_POLICY_TOTAL(cap_accounts); during a full
+ * load only the accounts put since mark_begin count, as the sweep drops
+ * the others). A refused put leaves the account as it was.
+ */
+int snap_model_account_put2(snap_model_t *m, const snap_account_info_t *a, const char **err);
 /* Delete an account and its rules. Returns 0, or -1 with errno ENOENT. */
 int snap_model_account_del(snap_model_t *m, int64_t id);
 /*
- * Insert or replace. nranges 0..SNAP_MAX_RANGES. Returns 0, or -1 with a
- * static reason in *err: unknown account, bad range family, range end
- * before start, too many ranges, no ranges given, tech prefix too long, bad
- * direction, out of memory. A put identical to the rule held changes
- * nothing (a full load over an unchanged table dirties nothing).
+ * Insert or replace a rule with no limits of its own. nranges
+ * 0..SNAP_MAX_RANGES. Returns 0, or -1 with a static reason in *err:
+ * unknown account, bad range family, range end before start, too many
+ * ranges, no ranges given, tech prefix too long, bad direction, out of
+ * memory. A put identical to the rule held changes nothing (a full load
+ * over an unchanged table dirties nothing). The same as
+ * snap_model_rule_put2() with the limits zero.
  */
 int snap_model_rule_put(snap_model_t *m, int64_t id, int64_t account_id, const tg_range_t *ranges,
                         unsigned nranges, uint16_t port, const char *tech_prefix, int active,
                         unsigned direction, const char **err);
+/*
+ * Insert or replace a rule with its limits. As snap_model_rule_put(); a
+ * rule whose limits change is a changed rule (its entries go into the
+ * overlay and its base entries are tombstoned), one put the same as the
+ * rule held changes nothing.
+ */
+int snap_model_rule_put2(snap_model_t *m, const snap_rule_info_t *r, const char **err);
+/*
+ * The rule held under id, into *out, whose pointers point into the model
+ * until its next change. Returns 0, or -1 with errno ENOENT.
+ */
+int snap_model_rule_get(const snap_model_t *m, int64_t id, snap_rule_info_t *out);
 /* Returns 0, or -1 with errno ENOENT. */
 int snap_model_rule_del(snap_model_t *m, int64_t id);
 
@@ -380,7 +484,11 @@ uint32_t snap_model_nusers(const snap_model_t *m);
 typedef int (*snap_user_fn)(void *arg, const snap_user_info_t *u);
 int snap_model_foreach_user(const snap_model_t *m, snap_user_fn fn, void *arg);
 
-/* fn for every live account (by slot) or rule; a nonzero return stops the walk and is returned. */
+/*
+ * fn for every live account (by slot) or rule; a nonzero return stops the
+ * walk and is returned. The info points into the model (the lists into
+ * the walk's own buffers) and is valid during the call only.
+ */
 typedef int (*snap_account_fn)(void *arg, const snap_account_info_t *a);
 typedef int (*snap_rule_fn)(void *arg, const snap_rule_info_t *r);
 int snap_model_foreach_account(const snap_model_t *m, snap_account_fn fn, void *arg);
@@ -393,8 +501,9 @@ int snap_model_foreach_rule(const snap_model_t *m, snap_rule_fn fn, void *arg);
  * many account slots wait to be reclaimed; a delta otherwise. Returns 0
  * (published, *st filled; st may be NULL), 1 (busy: a reader still holds
  * an arena needed; nothing written; retry later), or -1 with errno
- * (ENOSPC: more accounts or rules than the capacity, or the base does not
- * fit its arena; ENOMEM). The model is unchanged unless it returns 0.
+ * (ENOSPC: more accounts or rules than the capacity, more policy than
+ * SNAP_POLICY_TOTAL (only mid-load), or the base does not fit its arena;
+ * ENOMEM). The model is unchanged unless it returns 0.
  */
 int snap_model_publish(snap_model_t *m, shm_t *shm, uint64_t built_ms, snap_publish_stats_t *st);
 /* The same, always a compaction: for a full load. */

@@ -43,6 +43,8 @@ uint64_t snap_user_hash(const char *username, size_t ulen, const char *domain, s
 uint32_t snap_user_bucket_bits(uint32_t users);
 /* SNAP_USER_RANGES_TOTAL(users), kept within what a uint32_t range offset can address. */
 uint32_t snap_user_range_cap(uint32_t users);
+/* SNAP_POLICY_TOTAL(accounts), kept within what a uint32_t pool offset can address. */
+uint32_t snap_policy_cap(uint32_t accounts);
 
 /* May the next head be written: no slot holds current - 1? */
 int snap_head_arena_free(shm_t *shm);

@@ -14,7 +14,7 @@
 
 \set ON_ERROR_STOP 1
 \set QUIET on
-\set latest_version 3
+\set latest_version 4
 
 BEGIN;
 
@@ -1080,6 +1080,160 @@ COMMENT ON FUNCTION tollgate.set_password(text, text, text) IS
 	'from a password and the digest_realm setting; stores no password.';
 
 UPDATE tollgate.schema_version SET version = 3, updated_at = now();
+
+\endif
+
+--
+-- Step 4: call limits and policy. Accounts get a burst for their call
+-- rate and three lists: destination prefixes allowed and denied, and
+-- codecs refused; IP rules get limits of their own. Columns with their
+-- checks and a trigger that folds codec names are added, and nothing is
+-- rewritten: the feed's payloads, the audit log and every other trigger
+-- stay as they were (the audit rows simply carry the new columns).
+--
+SELECT version < 4 AS run_step FROM tollgate.schema_version \gset
+\if :run_step
+
+-- Each refuses the first bad element of its list with a message that
+-- names it, so CHECK constraints can give errors an operator can act on:
+-- a constraint's own message would only name the constraint. They return
+-- true or raise; IMMUTABLE, as a CHECK needs. The limits are what the
+-- gateway keeps per account (shm/snapshot.h).
+CREATE FUNCTION tollgate.destination_prefixes_check(prefixes text[], list text)
+	RETURNS boolean
+	LANGUAGE plpgsql IMMUTABLE
+AS $fn$
+DECLARE
+	p text;
+BEGIN
+	IF coalesce(array_ndims(prefixes), 1) <> 1 THEN
+		RAISE EXCEPTION '% must be a one-dimensional array', list
+			USING ERRCODE = 'check_violation';
+	END IF;
+	IF cardinality(prefixes) > 64 THEN
+		RAISE EXCEPTION '% holds % prefixes, at most 64 are allowed', list, cardinality(prefixes)
+			USING ERRCODE = 'check_violation';
+	END IF;
+	FOREACH p IN ARRAY prefixes LOOP
+		IF p IS NULL THEN
+			RAISE EXCEPTION '% cannot hold NULL', list
+				USING ERRCODE = 'check_violation';
+		ELSIF p = '' THEN
+			RAISE EXCEPTION 'invalid destination prefix "" in %: empty', list
+				USING ERRCODE = 'check_violation';
+		ELSIF octet_length(p) > 32 THEN
+			RAISE EXCEPTION 'invalid destination prefix "%" in %: longer than 32 bytes', p, list
+				USING ERRCODE = 'check_violation';
+		ELSIF p !~ '^[0-9A-Za-z_.!~*''()%&=+$,?/#-]+$' THEN
+			RAISE EXCEPTION 'invalid destination prefix "%" in %: a character a SIP user part cannot carry', p, list
+				USING ERRCODE = 'check_violation',
+				HINT = 'Allowed: letters, digits and - _ . ! ~ * '' ( ) % & = + $ , ? / #; '
+					'no ";", "@", ":", blanks or control characters.';
+		END IF;
+	END LOOP;
+	RETURN true;
+END
+$fn$;
+
+COMMENT ON FUNCTION tollgate.destination_prefixes_check(text[], text) IS
+	'CHECK helper: true for a list of destination prefixes the gateway takes, else raises naming the bad one.';
+
+CREATE FUNCTION tollgate.codecs_check(codecs text[])
+	RETURNS boolean
+	LANGUAGE plpgsql IMMUTABLE
+AS $fn$
+DECLARE
+	c text;
+BEGIN
+	IF coalesce(array_ndims(codecs), 1) <> 1 THEN
+		RAISE EXCEPTION 'restricted_codecs must be a one-dimensional array'
+			USING ERRCODE = 'check_violation';
+	END IF;
+	IF cardinality(codecs) > 32 THEN
+		RAISE EXCEPTION 'restricted_codecs holds % codecs, at most 32 are allowed', cardinality(codecs)
+			USING ERRCODE = 'check_violation';
+	END IF;
+	FOREACH c IN ARRAY codecs LOOP
+		IF c IS NULL THEN
+			RAISE EXCEPTION 'restricted_codecs cannot hold NULL'
+				USING ERRCODE = 'check_violation';
+		ELSIF c !~ '^[0-9A-Za-z._-]{1,32}$' THEN
+			RAISE EXCEPTION 'invalid codec "%" in restricted_codecs: 1 to 32 letters, digits, ".", "_" or "-"', c
+				USING ERRCODE = 'check_violation',
+				HINT = 'Give the encoding name of an SDP rtpmap line: G729, PCMA, opus, telephone-event.';
+		ELSIF c ~ '[a-z]' THEN
+			-- accounts_fill upper-cases them; only a write that bypassed it gets here.
+			RAISE EXCEPTION 'invalid codec "%" in restricted_codecs: not upper case', c
+				USING ERRCODE = 'check_violation';
+		END IF;
+	END LOOP;
+	RETURN true;
+END
+$fn$;
+
+COMMENT ON FUNCTION tollgate.codecs_check(text[]) IS
+	'CHECK helper: true for a list of codec names the gateway takes, else raises naming the bad one.';
+
+ALTER TABLE tollgate.accounts
+	ADD COLUMN cps_burst integer
+		CONSTRAINT accounts_cps_burst_check CHECK (cps_burst >= 0),
+	ADD COLUMN allowed_prefixes text[] NOT NULL DEFAULT '{}'
+		CONSTRAINT accounts_allowed_prefixes_check
+		CHECK (tollgate.destination_prefixes_check(allowed_prefixes, 'allowed_prefixes')),
+	ADD COLUMN denied_prefixes text[] NOT NULL DEFAULT '{}'
+		CONSTRAINT accounts_denied_prefixes_check
+		CHECK (tollgate.destination_prefixes_check(denied_prefixes, 'denied_prefixes')),
+	ADD COLUMN restricted_codecs text[] NOT NULL DEFAULT '{}'
+		CONSTRAINT accounts_restricted_codecs_check CHECK (tollgate.codecs_check(restricted_codecs));
+
+COMMENT ON COLUMN tollgate.accounts.cps_burst IS
+	'New calls a burst may take at once, above max_cps for an instant; NULL or 0 = max_cps.';
+COMMENT ON COLUMN tollgate.accounts.allowed_prefixes IS
+	'Destinations (Request-URI user after the tech prefix) the account may call, by prefix; empty = all. At most 64 of 1..32 bytes.';
+COMMENT ON COLUMN tollgate.accounts.denied_prefixes IS
+	'Destinations the account may not call, by prefix; wins over allowed_prefixes. At most 64 of 1..32 bytes.';
+COMMENT ON COLUMN tollgate.accounts.restricted_codecs IS
+	'SDP encoding names (G729, PCMA...) the account may not offer; stored upper case. At most 32.';
+
+-- Codec names compare case-insensitively, so they are stored one way:
+-- ASCII upper case, as the gateway folds them (upper() follows the
+-- database's locale, and turns a Turkish i into a letter no codec has).
+CREATE FUNCTION tollgate.accounts_fill()
+	RETURNS trigger
+	LANGUAGE plpgsql
+AS $fn$
+BEGIN
+	IF NEW.restricted_codecs IS NOT NULL AND coalesce(array_ndims(NEW.restricted_codecs), 1) = 1 THEN
+		NEW.restricted_codecs := ARRAY(
+			SELECT translate(c, 'abcdefghijklmnopqrstuvwxyz', 'ABCDEFGHIJKLMNOPQRSTUVWXYZ')
+			FROM unnest(NEW.restricted_codecs) WITH ORDINALITY AS u(c, n)
+			ORDER BY n);
+	END IF;
+	RETURN NEW;
+END
+$fn$;
+
+CREATE TRIGGER accounts_fill BEFORE INSERT OR UPDATE ON tollgate.accounts
+	FOR EACH ROW EXECUTE FUNCTION tollgate.accounts_fill();
+
+-- NULL or 0 = no limit of the rule's own (the account's still apply).
+-- Adding the columns rewrites nothing; their checks read the table once.
+ALTER TABLE tollgate.ip_rules
+	ADD COLUMN max_channels integer
+		CONSTRAINT ip_rules_max_channels_check CHECK (max_channels >= 0),
+	ADD COLUMN max_cps integer
+		CONSTRAINT ip_rules_max_cps_check CHECK (max_cps >= 0),
+	ADD COLUMN cps_burst integer
+		CONSTRAINT ip_rules_cps_burst_check CHECK (cps_burst >= 0);
+
+COMMENT ON COLUMN tollgate.ip_rules.max_channels IS
+	'Concurrent calls through this rule; NULL or 0 = no limit of its own (the account''s still applies).';
+COMMENT ON COLUMN tollgate.ip_rules.max_cps IS
+	'New calls per second through this rule; NULL or 0 = no limit of its own.';
+COMMENT ON COLUMN tollgate.ip_rules.cps_burst IS
+	'New calls a burst may take at once through this rule; NULL or 0 = max_cps.';
+
+UPDATE tollgate.schema_version SET version = 4, updated_at = now();
 
 \endif
 

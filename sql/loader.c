@@ -86,7 +86,7 @@
 #include "sql/resolve.h"
 
 /* The tollgate.schema_version this binary reads; bump with sql/install.sql. */
-#define LOADER_SCHEMA_VERSION 3
+#define LOADER_SCHEMA_VERSION 4
 #define LOADER_CHANNEL        "tollgate_changes"
 
 /* PQconnectPoll() honours no connect_timeout of its own. */
@@ -100,6 +100,8 @@
 #define LOADER_REASON_MAX      512
 /* Changed ids fetched one by one up to here; past it a full sync is cheaper. */
 #define LOADER_DELTA_MAX 10000
+/* Skipped accounts remembered by id; past it any account a delta puts may be one. */
+#define LOADER_REFUSED_MAX 1024
 /* A full sync a burst forced waits for the burst to end, but no longer than this. */
 #define LOADER_FORCED_WAIT_MS 1000
 /* Quiet this long with the overlay (or the tombstones) more than half full: compact now. */
@@ -129,10 +131,20 @@ enum sync_step {
 	STEP_ROLLBACK,
 };
 
-#define ACCOUNT_COLS "SELECT id, name, status, max_channels, max_cps FROM tollgate.accounts"
+/*
+ * The account's columns, of table alias t ("" or "a."). No destination
+ * prefix or codec holds a blank (the schema's checks), so each list
+ * travels as one string, its elements joined with ' '.
+ */
+#define ACCOUNT_FIELDS(t)                                                                                    \
+	t "id, " t "name, " t "status, " t "max_channels, " t "max_cps, " t "cps_burst, "                    \
+	  "array_to_string(" t "allowed_prefixes, ' '), array_to_string(" t "denied_prefixes, ' '), "        \
+	  "array_to_string(" t "restricted_codecs, ' ')"
+#define ACCOUNT_COLS   "SELECT " ACCOUNT_FIELDS("") " FROM tollgate.accounts"
+#define ACCOUNT_COLS_A "SELECT " ACCOUNT_FIELDS("a.") " FROM tollgate.accounts a"
 #define RULE_COLS                                                                                            \
-	"SELECT id, account_id, address, port, tech_prefix, status, direction, host_name FROM "              \
-	"tollgate.ip_rules"
+	"SELECT id, account_id, address, port, tech_prefix, status, direction, host_name, max_channels, "    \
+	"max_cps, cps_burst FROM tollgate.ip_rules"
 /* No address notation holds a ',', so the allowed sources travel as one string. */
 #define USER_COLS                                                                                            \
 	"SELECT id, account_id, username, domain, status, ha1_md5, ha1_sha256, ha1_md5_full, "               \
@@ -161,11 +173,9 @@ static const char *const delta_sql[] = {
         [STEP_REALM] = NULL,
         [STEP_ACCOUNTS] =
                 ACCOUNT_COLS " WHERE id = ANY($1::bigint[])"
-                             " UNION SELECT a.id, a.name, a.status, a.max_channels, a.max_cps"
-                             " FROM tollgate.accounts a JOIN tollgate.ip_rules r ON r.account_id = a.id"
+                             " UNION " ACCOUNT_COLS_A " JOIN tollgate.ip_rules r ON r.account_id = a.id"
                              " WHERE r.id = ANY($2::bigint[])"
-                             " UNION SELECT a.id, a.name, a.status, a.max_channels, a.max_cps"
-                             " FROM tollgate.accounts a JOIN tollgate.sip_users u ON u.account_id = a.id"
+                             " UNION " ACCOUNT_COLS_A " JOIN tollgate.sip_users u ON u.account_id = a.id"
                              " WHERE u.id = ANY($3::bigint[]) ORDER BY id",
         [STEP_RULES] = RULE_COLS " WHERE id = ANY($1::bigint[]) ORDER BY id",
         [STEP_USERS] = USER_COLS " WHERE id = ANY($1::bigint[]) ORDER BY id",
@@ -245,6 +255,13 @@ typedef struct loader {
 
 	/* changes: collected from notifications, and the batch a delta sync fetches */
 	pending_t *collect, *batch;
+	/*
+	 * Accounts skipped as invalid since the last full load began (the ids,
+	 * in PENDING_ACCOUNTS): the model dropped their rules and users with
+	 * them, and a delta that finds one valid again fetches the account
+	 * only, so it asks for a full load to bring them back.
+	 */
+	pending_t *refused;
 	uint64_t collect_first_us; /* the first change in collect arrived; 0 = none */
 	uint64_t batch_first_us;
 	const char *resync_reason; /* why collect overflowed; NULL = it did not */
@@ -795,6 +812,7 @@ static void load_begin(loader_t *l)
 	event_del(l->coalesce_ev);
 	snap_model_mark_begin(l->model);
 	resolve_mark_begin(l->resolve);
+	pending_clear(l->refused);
 	l->applying = 1;
 	sync_send(l, STEP_BEGIN);
 }
@@ -912,20 +930,119 @@ static int full_row_fits(loader_t *l, uint64_t *rows, uint32_t cap, enum load_ov
 	return l->over == OVER_NONE;
 }
 
+/* An account's three lists, split out of the strings the query joined them into. */
+typedef struct account_lists {
+	char text[3][SNAP_DEST_PREFIXES * (SNAP_DEST_PREFIX_MAX + 1)];
+	const char *allowed[SNAP_DEST_PREFIXES], *denied[SNAP_DEST_PREFIXES], *codecs[SNAP_CODECS];
+} account_lists_t;
+
+/*
+ * s, elements joined with ' ', into buf (len bytes) and out[] (max).
+ * Returns NULL, or why not; an empty element is the model's to refuse.
+ */
+static const char *list_split(const char *s, char *buf, size_t len, const char **out, unsigned max,
+                              unsigned *n)
+{
+	size_t slen = strlen(s);
+	char *p = buf;
+
+	*n = 0;
+	if (slen == 0)
+		return NULL;
+	if (slen >= len)
+		return "longer than the gateway keeps";
+	memcpy(buf, s, slen + 1);
+	for (;;) {
+		if (*n == max)
+			return "more elements than the gateway keeps";
+		out[(*n)++] = p;
+		if ((p = strchr(p, ' ')) == NULL)
+			return NULL;
+		*p++ = '\0';
+	}
+}
+
+/* Columns 5.. of an accounts row into a (its lists into al). Returns NULL, or why not. */
+static const char *account_policy(const PGresult *res, int row, snap_account_info_t *a, account_lists_t *al,
+                                  char *why, size_t len)
+{
+	static const char *const col[3] = {"allowed_prefixes", "denied_prefixes", "restricted_codecs"};
+	const char **out[3] = {al->allowed, al->denied, al->codecs};
+	unsigned *n[3] = {&a->nallowed, &a->ndenied, &a->ncodecs};
+	const unsigned max[3] = {SNAP_DEST_PREFIXES, SNAP_DEST_PREFIXES, SNAP_CODECS};
+	long long burst = PQgetisnull(res, row, 5) ? 0 : field_ll(res, row, 5);
+	const char *err;
+
+	if (burst < 0 || burst > UINT32_MAX)
+		return "cps_burst out of range";
+	a->cps_burst = (uint32_t)burst;
+	for (int k = 0; k < 3; k++) {
+		if ((err = list_split(PQgetvalue(res, row, 6 + k), al->text[k], sizeof(al->text[k]), out[k],
+		                      max[k], n[k])) != NULL) {
+			snprintf(why, len, "%s: %s", col[k], err);
+			return why;
+		}
+	}
+	a->allowed_prefixes = al->allowed;
+	a->denied_prefixes = al->denied;
+	a->restricted_codecs = al->codecs;
+	return NULL;
+}
+
+/* Was account id skipped as invalid since the last full load began? Overflowed: maybe. */
+static int account_was_refused(loader_t *l, int64_t id)
+{
+	const int64_t *ids = pending_sorted(l->refused, PENDING_ACCOUNTS);
+	uint32_t lo = 0, hi = pending_count(l->refused, PENDING_ACCOUNTS);
+
+	if (pending_overflowed(l->refused))
+		return 1;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (ids[mid] < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < pending_count(l->refused, PENDING_ACCOUNTS) && ids[lo] == id;
+}
+
+/* A full load after this delta: what only a full load can bring back (see user_row()). */
+static void delta_wants_full(loader_t *l, const char *reason)
+{
+	if (l->resync_reason == NULL)
+		l->resync_reason = reason;
+	pending_overflow(l->collect);
+	if (l->collect_first_us == 0)
+		l->collect_first_us = now_us();
+}
+
 static void account_row(loader_t *l, const PGresult *res, int row)
 {
+	char why[LOADER_REASON_MAX];
 	const char *err = NULL;
 	long long id = field_ll(res, row, 0);
 	const char *name = PQgetvalue(res, row, 1);
-	int active = !strcmp(PQgetvalue(res, row, 2), "active");
+	snap_account_info_t a;
+	account_lists_t al;
 
 	if (l->kind == SYNC_DELTA)
 		batch_seen(l, PENDING_ACCOUNTS, id);
 	else if (!full_row_fits(l, &l->rows_accounts, l->c->cfg.cap_accounts, OVER_ACCOUNTS))
 		return;
-	if (snap_model_account_put(l->model, id, name, active, (uint32_t)field_ll(res, row, 3),
-	                           (uint32_t)field_ll(res, row, 4), &err) == 0)
+	memset(&a, 0, sizeof(a));
+	a.id = id;
+	a.name = name;
+	a.active = !strcmp(PQgetvalue(res, row, 2), "active");
+	a.max_channels = (uint32_t)field_ll(res, row, 3);
+	a.max_cps = (uint32_t)field_ll(res, row, 4);
+	if ((err = account_policy(res, row, &a, &al, why, sizeof(why))) == NULL &&
+	    snap_model_account_put2(l->model, &a, &err) == 0) {
+		if (l->kind == SYNC_DELTA && account_was_refused(l, id))
+			delta_wants_full(l, "an account skipped before is valid again");
 		return;
+	}
 	if (out_of_memory(err)) {
 		l->over = OVER_MEMORY;
 		return;
@@ -936,6 +1053,7 @@ static void account_row(loader_t *l, const PGresult *res, int row)
 	}
 	/* Its rules will be refused as "unknown account" and counted there. */
 	snap_model_account_del(l->model, id);
+	(void)pending_add(l->refused, PENDING_ACCOUNTS, id); /* past the limit: every one counts as refused */
 	log_warnx("account_invalid", "id=%lld name=%s reason=%s", id, name, err);
 }
 
@@ -971,6 +1089,7 @@ static int host_ok(const char *s)
 /* One ip_rules row, parsed. */
 typedef struct rule_row {
 	long long id, account_id, port;
+	long long max_channels, max_cps, cps_burst; /* 0 for NULL */
 	const char *address, *prefix;
 	const char *host; /* the schema's normalised host name (lower case, no trailing dot), or NULL */
 	int active, is_host;
@@ -988,6 +1107,9 @@ static void rule_parse(const PGresult *res, int row, rule_row_t *r)
 	r->dir = direction_parse(PQgetvalue(res, row, 6));
 	r->host = PQgetisnull(res, row, 7) ? NULL : PQgetvalue(res, row, 7);
 	r->is_host = r->host != NULL;
+	r->max_channels = PQgetisnull(res, row, 8) ? 0 : field_ll(res, row, 8);
+	r->max_cps = PQgetisnull(res, row, 9) ? 0 : field_ll(res, row, 9);
+	r->cps_burst = PQgetisnull(res, row, 10) ? 0 : field_ll(res, row, 10);
 }
 
 /* A host-name rule gets the resolver's last good addresses (none before its first answer). */
@@ -1018,6 +1140,7 @@ static const char *rule_apply(loader_t *l, const rule_row_t *r)
 {
 	const tg_range_t *ranges;
 	const char *err = NULL;
+	snap_rule_info_t ri;
 	tg_range_t one;
 	unsigned n = 1;
 
@@ -1025,6 +1148,9 @@ static const char *rule_apply(loader_t *l, const rule_row_t *r)
 		return "unknown direction";
 	if (r->port < 0 || r->port > 65535)
 		return "port out of range";
+	if (r->max_channels < 0 || r->max_channels > UINT32_MAX || r->max_cps < 0 ||
+	    r->max_cps > UINT32_MAX || r->cps_burst < 0 || r->cps_burst > UINT32_MAX)
+		return "limit out of range";
 	if (r->is_host) {
 		if ((err = rule_host(l, r, &ranges, &n)) != NULL)
 			return err;
@@ -1034,8 +1160,19 @@ static const char *rule_apply(loader_t *l, const rule_row_t *r)
 		ranges = &one;
 		resolve_del(l->resolve, r->id); /* it may have been a host name until now */
 	}
-	if (snap_model_rule_put(l->model, r->id, r->account_id, ranges, n, (uint16_t)r->port, r->prefix,
-	                        r->active, r->dir, &err) < 0)
+	memset(&ri, 0, sizeof(ri));
+	ri.id = r->id;
+	ri.account_id = r->account_id;
+	ri.ranges = ranges;
+	ri.nranges = n;
+	ri.port = (uint16_t)r->port;
+	ri.tech_prefix = r->prefix;
+	ri.active = r->active;
+	ri.direction = r->dir;
+	ri.max_channels = (uint32_t)r->max_channels;
+	ri.max_cps = (uint32_t)r->max_cps;
+	ri.cps_burst = (uint32_t)r->cps_burst;
+	if (snap_model_rule_put2(l->model, &ri, &err) < 0)
 		return err != NULL ? err : "refused";
 	return NULL;
 }
@@ -1180,10 +1317,7 @@ static void user_row(loader_t *l, const PGresult *res, int row)
 		 * puts every row before it sweeps) settles it. Until then the row
 		 * is out, as an invalid one would be.
 		 */
-		l->resync_reason = "a SIP user's new name was still held by a row of the same change";
-		pending_overflow(l->collect);
-		if (l->collect_first_us == 0)
-			l->collect_first_us = now_us();
+		delta_wants_full(l, "a SIP user's new name was still held by a row of the same change");
 	}
 	snap_model_user_del(l->model, u.id);
 	user_invalid(l, (long long)u.id, u.username, err);
@@ -1868,14 +2002,32 @@ static void publish_cb(evutil_socket_t fd, short what, void *arg)
 /* ------------------------------------------------------------------ */
 /* host names                                                         */
 
-/* New addresses for a host-name rule: into the model, published after the usual quiet period. */
+/*
+ * New addresses for a host-name rule: into the model, published after the
+ * usual quiet period. The resolver keeps what matching needs; the rule's
+ * limits, which the same row put into the model, stay as they are there.
+ */
 static void dns_changed(void *arg, const resolve_rule_t *r)
 {
 	loader_t *l = arg;
 	const char *err = NULL;
+	snap_rule_info_t ri, held;
 
-	if (snap_model_rule_put(l->model, r->id, r->account_id, r->ranges, r->nranges, r->port,
-	                        r->tech_prefix, r->active, r->direction, &err) < 0) {
+	memset(&ri, 0, sizeof(ri));
+	if (snap_model_rule_get(l->model, r->id, &held) == 0) {
+		ri.max_channels = held.max_channels;
+		ri.max_cps = held.max_cps;
+		ri.cps_burst = held.cps_burst;
+	}
+	ri.id = r->id;
+	ri.account_id = r->account_id;
+	ri.ranges = r->ranges;
+	ri.nranges = r->nranges;
+	ri.port = r->port;
+	ri.tech_prefix = r->tech_prefix;
+	ri.active = r->active;
+	ri.direction = r->direction;
+	if (snap_model_rule_put2(l->model, &ri, &err) < 0) {
 		log_debug("dns_not_applied", "id=%lld reason=%s", (long long)r->id, err);
 		return;
 	}
@@ -2187,10 +2339,11 @@ static int loader_alloc(loader_t *l)
 	l->resolve = resolve_new(l->base, &hooks);
 	l->collect = pending_new(LOADER_DELTA_MAX);
 	l->batch = pending_new(LOADER_DELTA_MAX);
+	l->refused = pending_new(LOADER_REFUSED_MAX);
 	return l->io != NULL && l->retry != NULL && l->timeout != NULL && l->publish_ev != NULL &&
 	                       l->compact_ev != NULL && l->coalesce_ev != NULL && l->save_ev != NULL &&
 	                       l->model != NULL && l->resolve != NULL && l->collect != NULL &&
-	                       l->batch != NULL
+	                       l->batch != NULL && l->refused != NULL
 	               ? 0
 	               : -1;
 }
@@ -2220,6 +2373,7 @@ static void loader_cleanup(loader_t *l)
 	snap_model_free(l->model);
 	pending_free(l->collect);
 	pending_free(l->batch);
+	pending_free(l->refused);
 	/* event_base_free() unhooks the signal events; the process exits right after. */
 	event_free(l->io);
 	event_free(l->retry);

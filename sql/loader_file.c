@@ -19,7 +19,18 @@ typedef struct save_ctx {
 static int save_account(void *arg, const snap_account_info_t *a)
 {
 	save_ctx_t *s = arg;
-	snapfile_account_t fa = {a->id, a->name, a->active, a->max_channels, a->max_cps};
+	snapfile_account_t fa = {a->id,
+	                         a->name,
+	                         a->active,
+	                         a->max_channels,
+	                         a->max_cps,
+	                         a->cps_burst,
+	                         a->allowed_prefixes,
+	                         a->nallowed,
+	                         a->denied_prefixes,
+	                         a->ndenied,
+	                         a->restricted_codecs,
+	                         a->ncodecs};
 
 	return snapfile_put_account(s->w, &fa) < 0 ? errno : 0;
 }
@@ -36,7 +47,10 @@ static int save_rule(void *arg, const snap_rule_info_t *ri)
 	                      ri->tech_prefix,
 	                      host != NULL ? host->host : "",
 	                      ri->active,
-	                      ri->direction};
+	                      ri->direction,
+	                      ri->max_channels,
+	                      ri->max_cps,
+	                      ri->cps_burst};
 
 	/* No addresses and no name to look up: nothing a reader could match, so nothing to keep. */
 	if (ri->nranges == 0 && host == NULL)
@@ -85,8 +99,15 @@ static const char *load_account(void *arg, const snapfile_account_t *a)
 {
 	load_ctx_t *c = arg;
 	const char *err = "refused";
+	snap_account_info_t ai = {a->id,        a->name,
+	                          a->active,    a->max_channels,
+	                          a->max_cps,   0,
+	                          a->cps_burst, a->allowed_prefixes,
+	                          a->nallowed,  a->denied_prefixes,
+	                          a->ndenied,   a->restricted_codecs,
+	                          a->ncodecs};
 
-	if (snap_model_account_put(c->m, a->id, a->name, a->active, a->max_channels, a->max_cps, &err) < 0)
+	if (snap_model_account_put2(c->m, &ai, &err) < 0)
 		return err;
 	return NULL;
 }
@@ -94,8 +115,9 @@ static const char *load_account(void *arg, const snapfile_account_t *a)
 static const char *load_rule(void *arg, const snapfile_rule_t *fr)
 {
 	load_ctx_t *c = arg;
-	const tg_range_t *ranges = fr->ranges;
-	unsigned nranges = fr->nranges;
+	snap_rule_info_t ri = {fr->id,           fr->account_id,  fr->ranges,   fr->nranges,
+	                       fr->port,         fr->tech_prefix, fr->active,   fr->direction,
+	                       fr->max_channels, fr->max_cps,     fr->cps_burst};
 	const char *err = "refused";
 
 	if (fr->host[0] != '\0') {
@@ -112,11 +134,10 @@ static const char *load_rule(void *arg, const snapfile_rule_t *fr)
 		snprintf(rr.host, sizeof(rr.host), "%s", fr->host);
 		if ((got = resolve_put(c->r, &rr, fr->ranges, fr->nranges)) == NULL)
 			return "out of memory";
-		ranges = got->ranges;
-		nranges = got->nranges;
+		ri.ranges = got->ranges;
+		ri.nranges = got->nranges;
 	}
-	if (snap_model_rule_put(c->m, fr->id, fr->account_id, ranges, nranges, fr->port, fr->tech_prefix,
-	                        fr->active, fr->direction, &err) < 0)
+	if (snap_model_rule_put2(c->m, &ri, &err) < 0)
 		return err;
 	return NULL;
 }

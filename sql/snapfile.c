@@ -17,8 +17,12 @@
  *    48  u64 bytes of records
  *    56  u64 users
  *   records: the accounts, then the rules, then the users
- *     account: i64 id, u32 max_channels, u32 max_cps, u8 active, u8 name_len, name
- *     rule:    i64 id, i64 account_id, u16 port, u8 active, u8 direction,
+ *     account: i64 id, u32 max_channels, u32 max_cps, u32 cps_burst,
+ *              u8 active, u8 name_len, u8 nallowed, u8 ndenied, u8 ncodecs,
+ *              name, then the allowed prefixes, the denied prefixes and the
+ *              restricted codecs, each a u8 length and its bytes
+ *     rule:    i64 id, i64 account_id, u32 max_channels, u32 max_cps,
+ *              u32 cps_burst, u16 port, u8 active, u8 direction,
  *              u8 nranges, u8 prefix_len, u8 host_len, prefix, host, ranges
  *     user:    i64 id, i64 account_id, u8 active, u8 restrict_sources,
  *              u8 nranges, u8 ha1_set, u8 username_len, u8 domain_len,
@@ -60,12 +64,15 @@
 
 #define WRITE_BUF (64 * 1024) /* a multiple of 8: full buffers hash as whole words */
 
-#define ACCOUNT_MIN 18 /* bytes of an account record with an empty name */
-#define RULE_MIN    23 /* bytes of a rule record with no prefix, host or range */
+#define ACCOUNT_MIN 25 /* bytes of an account record with an empty name and no lists */
+#define RULE_MIN    35 /* bytes of a rule record with no prefix, host or range */
 #define USER_MIN    22 /* bytes of a user record with no name, domain, HA1 or range */
 #define RANGE_MAX   33 /* bytes of an IPv6 range */
 #define RECORD_MAX  (RULE_MIN + SNAPFILE_PREFIX_MAX + SNAPFILE_HOST_MAX + SNAPFILE_MAX_RANGES * RANGE_MAX)
 #define USER_HA1S   4 /* md5, sha256, md5 full, sha256 full */
+#define ACCOUNT_RECORD_MAX                                                                                   \
+	(ACCOUNT_MIN + SNAPFILE_NAME_MAX + 2 * SNAPFILE_PREFIXES * (1 + SNAPFILE_PREFIX_LEN) +               \
+	 SNAPFILE_CODECS * (1 + SNAPFILE_CODEC_LEN))
 #define USER_RECORD_MAX                                                                                      \
 	(USER_MIN + SNAPFILE_USER_MAX + SNAPFILE_DOMAIN_MAX + 2 * (16 + 32) +                                \
 	 SNAPFILE_USER_RANGES * RANGE_MAX)
@@ -245,10 +252,29 @@ static int text_len(const char *s, size_t max, int may_be_empty)
 	return (int)n;
 }
 
+/* Appends n strings of 1..max bytes at rec + *at, each a u8 length and its bytes. 0, or -1. */
+static int list_encode(uint8_t *rec, size_t *at, const char *const *list, unsigned n, unsigned max_n,
+                       size_t max)
+{
+	if (n > max_n || (n > 0 && list == NULL))
+		return -1;
+	for (unsigned i = 0; i < n; i++) {
+		int len = text_len(list[i], max, 0);
+
+		if (len < 0)
+			return -1;
+		rec[(*at)++] = (uint8_t)len;
+		memcpy(rec + *at, list[i], (size_t)len);
+		*at += (size_t)len;
+	}
+	return 0;
+}
+
 int snapfile_put_account(snapfile_writer_t *w, const snapfile_account_t *a)
 {
-	uint8_t rec[ACCOUNT_MIN + SNAPFILE_NAME_MAX];
+	uint8_t rec[ACCOUNT_RECORD_MAX];
 	int len = text_len(a->name, SNAPFILE_NAME_MAX, 0);
+	size_t n;
 
 	/* Accounts first: a reader puts rules and users only into accounts it already has. */
 	if (len < 0 || w->nrules > 0 || w->nusers > 0) {
@@ -258,11 +284,24 @@ int snapfile_put_account(snapfile_writer_t *w, const snapfile_account_t *a)
 	le_put(rec, (uint64_t)a->id, 8);
 	le_put(rec + 8, a->max_channels, 4);
 	le_put(rec + 12, a->max_cps, 4);
-	rec[16] = a->active ? 1 : 0;
-	rec[17] = (uint8_t)len;
+	le_put(rec + 16, a->cps_burst, 4);
+	rec[20] = a->active ? 1 : 0;
+	rec[21] = (uint8_t)len;
+	rec[22] = (uint8_t)a->nallowed;
+	rec[23] = (uint8_t)a->ndenied;
+	rec[24] = (uint8_t)a->ncodecs;
 	memcpy(rec + ACCOUNT_MIN, a->name, (size_t)len);
+	n = ACCOUNT_MIN + (size_t)len;
+	if (list_encode(rec, &n, a->allowed_prefixes, a->nallowed, SNAPFILE_PREFIXES, SNAPFILE_PREFIX_LEN) <
+	            0 ||
+	    list_encode(rec, &n, a->denied_prefixes, a->ndenied, SNAPFILE_PREFIXES, SNAPFILE_PREFIX_LEN) <
+	            0 ||
+	    list_encode(rec, &n, a->restricted_codecs, a->ncodecs, SNAPFILE_CODECS, SNAPFILE_CODEC_LEN) < 0) {
+		errno = EINVAL;
+		return -1;
+	}
 	w->naccounts++;
-	return put(w, rec, ACCOUNT_MIN + (size_t)len);
+	return put(w, rec, n);
 }
 
 /* Appends one range at p; returns its bytes, or 0 when it is not a valid range. */
@@ -302,12 +341,15 @@ int snapfile_put_rule(snapfile_writer_t *w, const snapfile_rule_t *r)
 	}
 	le_put(rec, (uint64_t)r->id, 8);
 	le_put(rec + 8, (uint64_t)r->account_id, 8);
-	le_put(rec + 16, r->port, 2);
-	rec[18] = r->active ? 1 : 0;
-	rec[19] = (uint8_t)r->direction;
-	rec[20] = (uint8_t)r->nranges;
-	rec[21] = (uint8_t)plen;
-	rec[22] = (uint8_t)hlen;
+	le_put(rec + 16, r->max_channels, 4);
+	le_put(rec + 20, r->max_cps, 4);
+	le_put(rec + 24, r->cps_burst, 4);
+	le_put(rec + 28, r->port, 2);
+	rec[30] = r->active ? 1 : 0;
+	rec[31] = (uint8_t)r->direction;
+	rec[32] = (uint8_t)r->nranges;
+	rec[33] = (uint8_t)plen;
+	rec[34] = (uint8_t)hlen;
 	memcpy(rec + n, r->tech_prefix, (size_t)plen);
 	n += (size_t)plen;
 	memcpy(rec + n, r->host, (size_t)hlen);
@@ -572,23 +614,58 @@ static const char *take_range(cursor_t *c, tg_range_t *r)
 	return NULL;
 }
 
+/*
+ * n strings of 1..max bytes, each a u8 length and its bytes, into text
+ * (n * (max + 1) bytes), list[] pointing at them. Returns 0, or -1.
+ */
+static int take_list(cursor_t *c, unsigned n, size_t max, char *text, const char **list)
+{
+	for (unsigned i = 0; i < n; i++) {
+		size_t len = (size_t)take(c, 1);
+
+		if (len == 0 || len > max || take_text(c, text, len) < 0)
+			return -1;
+		list[i] = text;
+		text += len + 1;
+	}
+	return 0;
+}
+
 static const char *take_account(cursor_t *c, const snapfile_sink_t *sink)
 {
 	char name[SNAPFILE_NAME_MAX + 1];
+	char allowed[SNAPFILE_PREFIXES * (SNAPFILE_PREFIX_LEN + 1)];
+	char denied[SNAPFILE_PREFIXES * (SNAPFILE_PREFIX_LEN + 1)];
+	char codecs[SNAPFILE_CODECS * (SNAPFILE_CODEC_LEN + 1)];
+	const char *allowed_list[SNAPFILE_PREFIXES], *denied_list[SNAPFILE_PREFIXES];
+	const char *codec_list[SNAPFILE_CODECS];
 	snapfile_account_t a;
 	unsigned active, len;
 
 	a.id = (int64_t)take(c, 8);
 	a.max_channels = (uint32_t)take(c, 4);
 	a.max_cps = (uint32_t)take(c, 4);
+	a.cps_burst = (uint32_t)take(c, 4);
 	active = (unsigned)take(c, 1);
 	len = (unsigned)take(c, 1);
-	if (active > 1 || len == 0 || len > SNAPFILE_NAME_MAX)
+	a.nallowed = (unsigned)take(c, 1);
+	a.ndenied = (unsigned)take(c, 1);
+	a.ncodecs = (unsigned)take(c, 1);
+	if (active > 1 || len == 0 || len > SNAPFILE_NAME_MAX || a.nallowed > SNAPFILE_PREFIXES ||
+	    a.ndenied > SNAPFILE_PREFIXES || a.ncodecs > SNAPFILE_CODECS)
 		return "bad field";
 	if (take_text(c, name, len) < 0)
 		return "bad name";
+	if (take_list(c, a.nallowed, SNAPFILE_PREFIX_LEN, allowed, allowed_list) < 0 ||
+	    take_list(c, a.ndenied, SNAPFILE_PREFIX_LEN, denied, denied_list) < 0)
+		return "bad destination prefix";
+	if (take_list(c, a.ncodecs, SNAPFILE_CODEC_LEN, codecs, codec_list) < 0)
+		return "bad codec";
 	a.active = (int)active;
 	a.name = name;
+	a.allowed_prefixes = allowed_list;
+	a.denied_prefixes = denied_list;
+	a.restricted_codecs = codec_list;
 	return sink != NULL ? sink->account(sink->arg, &a) : NULL;
 }
 
@@ -602,6 +679,9 @@ static const char *take_rule(cursor_t *c, const snapfile_sink_t *sink)
 
 	r.id = (int64_t)take(c, 8);
 	r.account_id = (int64_t)take(c, 8);
+	r.max_channels = (uint32_t)take(c, 4);
+	r.max_cps = (uint32_t)take(c, 4);
+	r.cps_burst = (uint32_t)take(c, 4);
 	r.port = (uint16_t)take(c, 2);
 	active = (unsigned)take(c, 1);
 	r.direction = (unsigned)take(c, 1);

@@ -17,7 +17,7 @@
 #include "lib/addr.h"
 
 #define SNAPFILE_MAGIC       "tgsnapf\n" /* 8 bytes, no NUL */
-#define SNAPFILE_VERSION     2           /* 2: SIP users */
+#define SNAPFILE_VERSION     3           /* 2: SIP users; 3: call limits and policies */
 #define SNAPFILE_HEADER      64          /* bytes */
 #define SNAPFILE_TRAILER     8           /* bytes: the checksum */
 #define SNAPFILE_MAX_RANGES  16          /* addresses one host-name rule may resolve to */
@@ -27,12 +27,24 @@
 #define SNAPFILE_USER_MAX    64          /* bytes of a SIP username */
 #define SNAPFILE_DOMAIN_MAX  253         /* bytes of a SIP user's domain */
 #define SNAPFILE_USER_RANGES 32          /* allowed sources of one SIP user */
+#define SNAPFILE_PREFIXES    64          /* destination prefixes in one list of one account */
+#define SNAPFILE_PREFIX_LEN  32          /* bytes of a destination prefix */
+#define SNAPFILE_CODECS      32          /* restricted codecs of one account */
+#define SNAPFILE_CODEC_LEN   32          /* bytes of a codec name */
 
+/* The lists: arrays of 1..SNAPFILE_PREFIX_LEN (CODEC_LEN) byte strings; NULL and 0 when empty. */
 typedef struct snapfile_account {
 	int64_t id;
 	const char *name; /* NUL-terminated */
 	int active;
 	uint32_t max_channels, max_cps;
+	uint32_t cps_burst;
+	const char *const *allowed_prefixes;
+	unsigned nallowed; /* 0..SNAPFILE_PREFIXES */
+	const char *const *denied_prefixes;
+	unsigned ndenied; /* 0..SNAPFILE_PREFIXES */
+	const char *const *restricted_codecs;
+	unsigned ncodecs; /* 0..SNAPFILE_CODECS */
 } snapfile_account_t;
 
 typedef struct snapfile_rule {
@@ -44,6 +56,7 @@ typedef struct snapfile_rule {
 	const char *host;        /* "" = a numeric address rule */
 	int active;
 	unsigned direction; /* enum snap_dir */
+	uint32_t max_channels, max_cps, cps_burst;
 } snapfile_rule_t;
 
 /* HA1 values are hex (either case) on the way in, lower case on the way out. */

@@ -24,7 +24,7 @@ my $pg = Tollgate::PG->new($t);	# runs sql/install.sql once
 my $q = \&Tollgate::PG::quote;
 my ($rc, $out, $err);
 
-is($pg->psql('select version from tollgate.schema_version'), 3, 'install.sql installs version 3');
+is($pg->psql('select version from tollgate.schema_version'), 4, 'install.sql installs the latest version (4)');
 is($pg->psql("select value from tollgate.settings where key = 'digest_realm'"), 'tollgate',
     'digest_realm defaults to tollgate');
 

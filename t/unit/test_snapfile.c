@@ -1,9 +1,11 @@
 /*
  * sql/snapfile.c: what the loader writes comes back the same, and a file
  * that is damaged or foreign is refused whole (naming why) rather than
- * served: a flipped byte anywhere, a cut, the wrong magic, version (a
- * file from before SIP users included) or layout, counts the file cannot
- * hold, more rows than the capacity.
+ * served: a flipped byte anywhere, a cut, the wrong magic, version (files
+ * from before SIP users or before call policies included) or layout,
+ * counts the file cannot hold, more rows than the capacity. And
+ * sql/loader_file.c: a model saved and loaded again is the same model,
+ * call limits and policies included.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,6 +19,8 @@
 
 #include "lib/addr.h"
 #include "shm/shm.h"
+#include "shm/snapshot.h"
+#include "sql/loader_file.h"
 #include "sql/snapfile.h"
 #include "t/unit/tap.h"
 
@@ -36,15 +40,27 @@ static void seen_add(const char *fmt, const char *a, const char *b)
 	snprintf(seen + n, sizeof(seen) - n, fmt, a, b);
 }
 
+static void seen_list(const char *tag, const char *const *list, unsigned n)
+{
+	seen_add(" %s%s", tag, "[");
+	for (unsigned i = 0; i < n; i++)
+		seen_add("%s%s", i ? "," : "", list[i]);
+	seen_add("%s%s", "]", "");
+}
+
 static const char *on_account(void *arg, const snapfile_account_t *a)
 {
 	char buf[160];
 
 	(void)arg;
 	naccounts++;
-	snprintf(buf, sizeof(buf), "A%lld %s %d %u %u;", (long long)a->id, a->name, a->active,
-	         a->max_channels, a->max_cps);
+	snprintf(buf, sizeof(buf), "A%lld %s %d %u %u b%u", (long long)a->id, a->name, a->active,
+	         a->max_channels, a->max_cps, a->cps_burst);
 	seen_add("%s%s", buf, "");
+	seen_list("+", a->allowed_prefixes, a->nallowed);
+	seen_list("-", a->denied_prefixes, a->ndenied);
+	seen_list("c", a->restricted_codecs, a->ncodecs);
+	seen_add("%s%s", ";", "");
 	return NULL;
 }
 
@@ -56,9 +72,9 @@ static const char *on_rule(void *arg, const snapfile_rule_t *r)
 	nrules++;
 	if (r->id == refuse_rule_id)
 		return "refused by the test";
-	snprintf(buf, sizeof(buf), "R%lld a%lld p%u %s %s %d %u n%u", (long long)r->id,
+	snprintf(buf, sizeof(buf), "R%lld a%lld p%u %s %s %d %u l%u/%u/%u n%u", (long long)r->id,
 	         (long long)r->account_id, r->port, r->tech_prefix, r->host, r->active, r->direction,
-	         r->nranges);
+	         r->max_channels, r->max_cps, r->cps_burst, r->nranges);
 	seen_add("%s%s", buf, "");
 	for (unsigned i = 0; i < r->nranges; i++) {
 		tg_ip_format(&r->ranges[i].first, ip1, sizeof(ip1));
@@ -120,20 +136,27 @@ static int read_file(const char *p, uint64_t max_a, uint64_t max_r)
 #define SHA_AF "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100"
 
 /*
- * Two accounts, a rule of each kind: v4 CIDR, v6 range, a resolved and an
- * unresolved host; a user with a domain, every HA1 and two allowed
- * sources, and one with no domain, one HA1 (in upper case) and none.
+ * Two accounts, one with a burst and all three lists, one with none; a
+ * rule of each kind: v4 CIDR, v6 range (with limits of its own), a
+ * resolved and an unresolved host; a user with a domain, every HA1 and
+ * two allowed sources, and one with no domain, one HA1 (in upper case)
+ * and none.
  */
+static const char *const sample_allowed[] = {"44", "+3312"}, *const sample_denied[] = {"4490"};
+static const char *const sample_codecs[] = {"G729", "PCMA", "TELEPHONE-EVENT"};
+
 static int write_sample(const char *p, snapfile_info_t *info)
 {
 	tg_range_t v4 = range_of("192.0.2.0/24"), v6 = range_of("2001:db8::1-2001:db8::ff");
 	tg_range_t host[2] = {range_of("198.51.100.7"), range_of("2001:db8::7")};
 	tg_range_t allowed[2] = {range_of("203.0.113.10"), range_of("2001:db8:1::/64")};
-	snapfile_account_t a1 = {1, "acme", 1, 30, 5}, a2 = {7, "globex", 0, 0, 0};
-	snapfile_rule_t r1 = {10, 1, &v4, 1, 0, "", "", 1, 1};
-	snapfile_rule_t r2 = {11, 7, &v6, 1, 5070, "4455#", "", 0, 3};
-	snapfile_rule_t r3 = {12, 1, host, 2, 0, "9", "pbx.example.net", 1, 2};
-	snapfile_rule_t r4 = {13, 7, NULL, 0, 0, "", "new.example.net", 1, 1};
+	snapfile_account_t a1 = {1, "acme",        1, 30, 5, 10, sample_allowed, 2, sample_denied,
+	                         1, sample_codecs, 3};
+	snapfile_account_t a2 = {7, "globex", 0, 0, 0, 0, NULL, 0, NULL, 0, NULL, 0};
+	snapfile_rule_t r1 = {10, 1, &v4, 1, 0, "", "", 1, 1, 0, 0, 0};
+	snapfile_rule_t r2 = {11, 7, &v6, 1, 5070, "4455#", "", 0, 3, 4, 2, 6};
+	snapfile_rule_t r3 = {12, 1, host, 2, 0, "9", "pbx.example.net", 1, 2, 0, 0, 0};
+	snapfile_rule_t r4 = {13, 7, NULL, 0, 0, "", "new.example.net", 1, 1, 0, 0, 0};
 	snapfile_user_t u1 = {20, 1, "alice", "example.com", 1, 1, MD5_A, SHA_A, MD5_AF, SHA_AF, allowed, 2};
 	snapfile_user_t u2 = {21,   7,  "bob", "",   0, 0, "0123456789ABCDEF0123456789ABCDEF",
 	                      NULL, "", NULL,  NULL, 0};
@@ -151,11 +174,12 @@ static int write_sample(const char *p, snapfile_info_t *info)
 }
 
 static const char *const sample_text =
-        "A1 acme 1 30 5;A7 globex 0 0 0;"
-        "R10 a1 p0   1 1 n1 192.0.2.0-192.0.2.255;"
-        "R11 a7 p5070 4455#  0 3 n1 2001:db8::1-2001:db8::ff;"
-        "R12 a1 p0 9 pbx.example.net 1 2 n2 198.51.100.7-198.51.100.7 2001:db8::7-2001:db8::7;"
-        "R13 a7 p0  new.example.net 1 1 n0;"
+        "A1 acme 1 30 5 b10 +[44,+3312] -[4490] c[G729,PCMA,TELEPHONE-EVENT];"
+        "A7 globex 0 0 0 b0 +[] -[] c[];"
+        "R10 a1 p0   1 1 l0/0/0 n1 192.0.2.0-192.0.2.255;"
+        "R11 a7 p5070 4455#  0 3 l4/2/6 n1 2001:db8::1-2001:db8::ff;"
+        "R12 a1 p0 9 pbx.example.net 1 2 l0/0/0 n2 198.51.100.7-198.51.100.7 2001:db8::7-2001:db8::7;"
+        "R13 a7 p0  new.example.net 1 1 l0/0/0 n0;"
         "U20 a1 alice@example.com 1 1 [" MD5_A "] [" SHA_A "] [" MD5_AF "] [" SHA_AF "] n2 "
         "203.0.113.10-203.0.113.10 2001:db8:1::-2001:db8:1:0:ffff:ffff:ffff:ffff;"
         "U21 a7 bob@ 0 0 [0123456789abcdef0123456789abcdef] [] [] [] n0;";
@@ -235,6 +259,73 @@ static void put_le(long at, uint64_t v, int bytes)
 		close(fd);
 }
 
+/* The checksum of the records and header of bad, as snapfile.c computes it (its hash, restated). */
+static uint64_t fh_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static uint64_t fh(const uint8_t *p, size_t n, uint64_t h)
+{
+	size_t i;
+
+	for (i = 0; i + 8 <= n; i += 8) {
+		uint64_t x = h ^ (fh_le64(p + i) * 0x9e3779b97f4a7c15ULL);
+
+		h = ((x << 27) | (x >> 37)) * 0xc2b2ae3d27d4eb4fULL + 0x165667b19e3779f9ULL;
+	}
+	if (i < n) {
+		uint8_t tail[8] = {0};
+
+		memcpy(tail, p + i, n - i);
+		h = fh(tail, 8, h);
+	}
+	return h;
+}
+
+static uint64_t fh_final(uint64_t h, uint64_t len)
+{
+	h ^= len;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	return h ^ (h >> 33);
+}
+
+/* Sets byte at of bad to v and writes the checksum that makes the file whole again. */
+static void fix_checksum_after(long at, uint8_t v)
+{
+	static uint8_t buf[1 << 16];
+	FILE *f = fopen(bad, "r+b");
+	size_t n = f != NULL ? fread(buf, 1, sizeof(buf), f) : 0;
+	uint64_t records =
+	        n > SNAPFILE_HEADER + SNAPFILE_TRAILER ? n - SNAPFILE_HEADER - SNAPFILE_TRAILER : 0;
+	uint8_t word[8];
+	uint64_t rh, sum;
+
+	if (f == NULL || (size_t)at >= n) {
+		printf("# test bug: %s\n", bad);
+		if (f != NULL)
+			fclose(f);
+		return;
+	}
+	buf[at] = v;
+	rh = fh_final(fh(buf + SNAPFILE_HEADER, records, 0x165667b19e3779f9ULL), records);
+	for (int i = 0; i < 8; i++)
+		word[i] = (uint8_t)(rh >> (8 * i));
+	sum = fh_final(fh(word, 8, fh(buf, SNAPFILE_HEADER, 0x165667b19e3779f9ULL)), SNAPFILE_HEADER + 8);
+	for (int i = 0; i < 8; i++)
+		buf[SNAPFILE_HEADER + records + (size_t)i] = (uint8_t)(sum >> (8 * i));
+	rewind(f);
+	fwrite(buf, 1, n, f);
+	fclose(f);
+}
+
 static void test_corruption(void)
 {
 	struct stat st;
@@ -244,12 +335,24 @@ static void test_corruption(void)
 		return;
 	size = (long)st.st_size;
 	refused(-1, 0, 0x20, "not a tollgate snapshot file", "wrong magic");
-	refused(-1, 8, 0x01, "format version 3, this binary reads 2", "wrong format version");
+	refused(-1, 8, 0x01, "format version 2, this binary reads 3",
+	        "a version 2 file, from before call policies");
 	copy_file(path, bad, -1, -1, 0);
 	put_le(8, 1, 4);
 	rc = read_file(bad, 100, 100);
-	ok(rc == -1 && strcmp(reason, "format version 1, this binary reads 2") == 0 && naccounts == 0,
+	ok(rc == -1 && strcmp(reason, "format version 1, this binary reads 3") == 0 && naccounts == 0,
 	   "refused: a version 1 file, from before SIP users (%s)", reason);
+	copy_file(path, bad, -1, -1, 0);
+	put_le(8, 4, 4);
+	rc = read_file(bad, 100, 100);
+	ok(rc == -1 && strcmp(reason, "format version 4, this binary reads 3") == 0 && naccounts == 0,
+	   "refused: a version 4 file, from a newer binary (%s)", reason);
+	/* A list entry's length byte zeroed, the checksum made right again: the record itself is refused. */
+	copy_file(path, bad, -1, -1, 0);
+	fix_checksum_after(SNAPFILE_HEADER + 25 + 4, 0);
+	rc = read_file(bad, 100, 100);
+	ok(rc == -1 && strcmp(reason, "account record 1: bad destination prefix") == 0 && naccounts == 0,
+	   "refused: an empty destination prefix in a record (%s)", reason);
 	refused(-1, 12, 0x40, "written for layout version", "wrong layout version");
 	refused(-1, 20, 0x01, "checksum mismatch", "a flipped bit in the header's saved_ms");
 	refused(-1, SNAPFILE_HEADER + 3, 0x80, "checksum mismatch", "a flipped bit in an account id");
@@ -299,10 +402,13 @@ static void test_corruption(void)
 static void test_writer_refuses(void)
 {
 	tg_range_t v4 = range_of("192.0.2.1"), back = v4;
-	snapfile_account_t a = {1, "acme", 1, 0, 0}, noname = {2, "", 1, 0, 0};
-	snapfile_rule_t r = {10, 1, &v4, 1, 0, "", "", 1, 1};
-	snapfile_rule_t unresolved = {11, 1, NULL, 0, 0, "", "", 1, 1};
-	snapfile_rule_t reversed = {12, 1, &back, 1, 0, "", "", 1, 1};
+	snapfile_account_t a = {1, "acme", 1, 0, 0, 0, NULL, 0, NULL, 0, NULL, 0};
+	snapfile_account_t noname = a, manyprefixes = a, emptyprefix = a, longcodec = a, nolist = a;
+	snapfile_rule_t r = {10, 1, &v4, 1, 0, "", "", 1, 1, 0, 0, 0};
+	snapfile_rule_t unresolved = {11, 1, NULL, 0, 0, "", "", 1, 1, 0, 0, 0};
+	snapfile_rule_t reversed = {12, 1, &back, 1, 0, "", "", 1, 1, 0, 0, 0};
+	const char *prefixes[SNAPFILE_PREFIXES + 1], *empty[] = {""};
+	const char *codec33[] = {"G729ABCDEFGHIJKLMNOPQRSTUVWXYZ012"};
 	tg_range_t many[SNAPFILE_USER_RANGES + 1];
 	char longname[SNAPFILE_USER_MAX + 2];
 	snapfile_user_t user = {20, 1, "alice", "", 1, 0, MD5_A, NULL, NULL, NULL, NULL, 0};
@@ -312,6 +418,16 @@ static void test_writer_refuses(void)
 
 	memset(longname, 'x', sizeof(longname) - 1);
 	longname[sizeof(longname) - 1] = '\0';
+	noname.name = "";
+	for (int i = 0; i <= SNAPFILE_PREFIXES; i++)
+		prefixes[i] = "44";
+	manyprefixes.denied_prefixes = prefixes;
+	manyprefixes.ndenied = SNAPFILE_PREFIXES + 1;
+	emptyprefix.allowed_prefixes = empty;
+	emptyprefix.nallowed = 1;
+	longcodec.restricted_codecs = codec33;
+	longcodec.ncodecs = 1;
+	nolist.ncodecs = 1;
 	for (int i = 0; i <= SNAPFILE_USER_RANGES; i++)
 		many[i] = v4;
 	nouser.username = "";
@@ -325,6 +441,12 @@ static void test_writer_refuses(void)
 	if (w == NULL)
 		return;
 	ok(snapfile_put_account(w, &noname) < 0 && errno == EINVAL, "an empty account name is refused");
+	ok(snapfile_put_account(w, &manyprefixes) < 0 && errno == EINVAL,
+	   "more than %d denied prefixes are refused", SNAPFILE_PREFIXES);
+	ok(snapfile_put_account(w, &emptyprefix) < 0 && errno == EINVAL,
+	   "an empty allowed prefix is refused");
+	ok(snapfile_put_account(w, &longcodec) < 0 && errno == EINVAL, "a codec name of 33 bytes is refused");
+	ok(snapfile_put_account(w, &nolist) < 0 && errno == EINVAL, "a count with no list is refused");
 	ok(snapfile_put_account(w, &a) == 0 && snapfile_put_rule(w, &r) == 0, "an account, then its rule");
 	ok(snapfile_put_account(w, &a) < 0, "an account after a rule is refused");
 	ok(snapfile_put_rule(w, &unresolved) < 0, "a rule with neither address nor host is refused");
@@ -354,6 +476,77 @@ static void test_writer_refuses(void)
 	unlink(bad);
 }
 
+/* ------------------------------------------------------------------ */
+/* the model to the file and back (sql/loader_file.c)                 */
+
+static char dump[8192];
+
+static int dump_account(void *arg, const snap_account_info_t *a)
+{
+	size_t n = strlen(dump);
+
+	(void)arg;
+	n += (size_t)snprintf(dump + n, sizeof(dump) - n, "A%lld %s %d %u/%u/%u +", (long long)a->id, a->name,
+	                      a->active, a->max_channels, a->max_cps, a->cps_burst);
+	for (unsigned i = 0; i < a->nallowed; i++)
+		n += (size_t)snprintf(dump + n, sizeof(dump) - n, "%s,", a->allowed_prefixes[i]);
+	n += (size_t)snprintf(dump + n, sizeof(dump) - n, " -");
+	for (unsigned i = 0; i < a->ndenied; i++)
+		n += (size_t)snprintf(dump + n, sizeof(dump) - n, "%s,", a->denied_prefixes[i]);
+	n += (size_t)snprintf(dump + n, sizeof(dump) - n, " c");
+	for (unsigned i = 0; i < a->ncodecs; i++)
+		n += (size_t)snprintf(dump + n, sizeof(dump) - n, "%s,", a->restricted_codecs[i]);
+	snprintf(dump + n, sizeof(dump) - n, ";");
+	return 0;
+}
+
+static int dump_rule(void *arg, const snap_rule_info_t *r)
+{
+	size_t n = strlen(dump);
+
+	(void)arg;
+	snprintf(dump + n, sizeof(dump) - n, "R%lld a%lld %u/%u/%u n%u;", (long long)r->id,
+	         (long long)r->account_id, r->max_channels, r->max_cps, r->cps_burst, r->nranges);
+	return 0;
+}
+
+static const char *model_dump(const snap_model_t *m)
+{
+	dump[0] = '\0';
+	snap_model_foreach_account(m, dump_account, NULL);
+	snap_model_foreach_rule(m, dump_rule, NULL);
+	return dump;
+}
+
+static void test_model_round_trip(void)
+{
+	static const char *const allowed[] = {"0044", "+44"}, *const denied[] = {"00449"};
+	static const char *const codecs[] = {"g729", "Opus"};
+	snap_model_t *m = snap_model_new(10, 10, 10), *back = snap_model_new(10, 10, 10);
+	snap_account_info_t a = {1, "acme", 1, 30, 5, 0, 8, allowed, 2, denied, 1, codecs, 2};
+	tg_range_t v4 = range_of("192.0.2.0/24");
+	snap_rule_info_t r = {10, 1, &v4, 1, 0, "", 1, SNAP_DIR_BOTH, 4, 2, 3};
+	snapfile_info_t info;
+	char want[8192];
+	const char *err = NULL;
+
+	ok(snap_model_account_put2(m, &a, &err) == 0 &&
+	           snap_model_account_put(m, 2, "plain", 1, 0, 0, &err) == 0 &&
+	           snap_model_rule_put2(m, &r, &err) == 0,
+	   "a model with an account's policy and a rule's limits (%s)", err ? err : "ok");
+	snprintf(want, sizeof(want), "%s", model_dump(m));
+	is_str(want,
+	       "A1 acme 1 30/5/8 +0044,+44, -00449, cG729,OPUS,;A2 plain 1 0/0/0 + - c;R10 a1 4/2/3 n1;",
+	       "... as the model walks it (codecs upper case)");
+	ok(loader_file_save(path, m, NULL, 42, &info) == 0, "saved to a file");
+	ok(loader_file_load(path, back, NULL, 10, 10, 10, &info, reason, sizeof(reason)) == 0,
+	   "loaded into an empty model (%s)", reason);
+	is_str(model_dump(back), want, "the same accounts, policies, rules and limits come back");
+	snap_model_free(m);
+	snap_model_free(back);
+	unlink(path);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir)) {
@@ -367,6 +560,7 @@ int main(void)
 	snprintf(bad, sizeof(bad), "%s/bad.bin", dir);
 	unlink(bad);
 	test_writer_refuses();
+	test_model_round_trip();
 	unlink(path);
 	rmdir(dir);
 	return done_testing();

@@ -876,6 +876,405 @@ static void test_layout(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* call policy and limits                                              */
+
+static void policy_account(snap_model_t *m, int64_t id, const char *const *allowed, unsigned nallowed,
+                           const char *const *denied, unsigned ndenied, const char *const *codecs,
+                           unsigned ncodecs)
+{
+	char name[32];
+	snap_account_info_t a;
+	const char *err = NULL;
+
+	snprintf(name, sizeof(name), "acct%lld", (long long)id);
+	memset(&a, 0, sizeof(a));
+	a.id = id;
+	a.name = name;
+	a.active = 1;
+	a.allowed_prefixes = allowed;
+	a.nallowed = nallowed;
+	a.denied_prefixes = denied;
+	a.ndenied = ndenied;
+	a.restricted_codecs = codecs;
+	a.ncodecs = ncodecs;
+	if (snap_model_account_put2(m, &a, &err) < 0)
+		printf("# test bug: account %lld: %s\n", (long long)id, err);
+}
+
+/* The account the rule at ip matches, or NULL. */
+static const snap_account_sh_t *account_at(const snap_view_t *v, const char *ip)
+{
+	tg_ip_t a = ip_of(ip);
+	snap_match_t m;
+
+	if (v == NULL || snap_lookup(v, &a, 1, NULL, 0, SNAP_DIR_INGRESS, &m) != SNAP_MATCH)
+		return NULL;
+	return m.account;
+}
+
+static int dest_ok(const snap_view_t *v, const char *ip, const char *user)
+{
+	const snap_account_sh_t *a = account_at(v, ip);
+
+	return a == NULL ? -1 : snap_account_destination_allowed(v, a, user, strlen(user));
+}
+
+static int codec_off(const snap_view_t *v, const char *ip, const char *codec)
+{
+	const snap_account_sh_t *a = account_at(v, ip);
+
+	return a == NULL ? -1 : snap_account_codec_restricted(v, a, codec, strlen(codec));
+}
+
+/* The destinations and codecs of the accounts test_policy sets up, as first put. */
+static void policy_expect(const snap_view_t *s, const char *where)
+{
+	const snap_account_sh_t *a5 = account_at(s, "80.0.0.5");
+
+	ok(dest_ok(s, "80.0.0.1", "") == 1 && dest_ok(s, "80.0.0.1", "0044123") == 1,
+	   "%s: no lists: every destination, the empty one too", where);
+	ok(dest_ok(s, "80.0.0.2", "447700900123") == 1 && dest_ok(s, "80.0.0.2", "3312") == 1,
+	   "%s: allowed 44 and 331: 4477... and 3312 may be called", where);
+	ok(dest_ok(s, "80.0.0.2", "33") == 0 && dest_ok(s, "80.0.0.2", "1") == 0 &&
+	           dest_ok(s, "80.0.0.2", "") == 0,
+	   "%s: ... 33 (shorter than 331), 1 and nothing may not", where);
+	ok(dest_ok(s, "80.0.0.2", "4490123") == 0 && dest_ok(s, "80.0.0.2", "4490") == 0,
+	   "%s: denied 4490 wins over allowed 44", where);
+	ok(dest_ok(s, "80.0.0.2", "449") == 1, "%s: ... but not for 449, which 4490 does not start", where);
+	ok(dest_ok(s, "80.0.0.3", "9001") == 0 && dest_ok(s, "80.0.0.3", "+19005551234") == 0 &&
+	           dest_ok(s, "80.0.0.3", "901") == 1 && dest_ok(s, "80.0.0.3", "") == 1,
+	   "%s: denied only: the rest may be called", where);
+	ok(dest_ok(s, "80.0.0.4", "441") == 0 && dest_ok(s, "80.0.0.4", "4") == 0,
+	   "%s: the same prefix allowed and denied: denied", where);
+	ok(dest_ok(s, "80.0.0.3", "+1900") == 0 && dest_ok(s, "80.0.0.3", "+190") == 1 &&
+	           dest_ok(s, "80.0.0.2", "4A") == 0,
+	   "%s: prefixes compare byte for byte", where);
+	ok(codec_off(s, "80.0.0.5", "G729") == 1 && codec_off(s, "80.0.0.5", "g729") == 1 &&
+	           codec_off(s, "80.0.0.5", "pcma") == 1 && codec_off(s, "80.0.0.5", "Telephone-Event") == 1,
+	   "%s: restricted codecs in any case", where);
+	ok(codec_off(s, "80.0.0.5", "G72") == 0 && codec_off(s, "80.0.0.5", "G7291") == 0 &&
+	           codec_off(s, "80.0.0.5", "PCMU") == 0 && codec_off(s, "80.0.0.5", "") == 0,
+	   "%s: ... and only those, whole", where);
+	ok(a5 != NULL && snap_account_ncodecs(s, a5) == 3 &&
+	           snap_account_ncodecs(s, account_at(s, "80.0.0.1")) == 0 &&
+	           codec_off(s, "80.0.0.1", "G729") == 0,
+	   "%s: ncodecs counts them; an account with none restricts nothing", where);
+}
+
+static void test_policy(void)
+{
+	static const char *const a2_allowed[] = {"44", "331"}, *const a2_denied[] = {"4490"};
+	static const char *const a3_denied[] = {"900", "+1900"}, *const a4[] = {"44"};
+	static const char *const a5_codecs[] = {"g729", "PCMA", "telephone-event"};
+	static const char *const a2_new[] = {"1"};
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	const snap_view_t *s;
+	char user[8];
+	uint32_t pool;
+
+	account(m, 1, 1);
+	policy_account(m, 2, a2_allowed, 2, a2_denied, 1, NULL, 0);
+	policy_account(m, 3, NULL, 0, a3_denied, 2, NULL, 0);
+	policy_account(m, 4, a4, 1, a4, 1, NULL, 0);
+	policy_account(m, 5, NULL, 0, NULL, 0, a5_codecs, 3);
+	for (int i = 1; i <= 5; i++) {
+		char ip[32];
+
+		snprintf(ip, sizeof(ip), "80.0.0.%d", i);
+		rule_plain(m, i, i, ip);
+	}
+	s = publish_view(m, 1);
+	policy_expect(s, "base");
+	pool = s ? s->head->policy_bytes : 0;
+	is_int(pool, 3 + 4 + 5 + 4 + 6 + 3 + 3 + 5 + 5 + 16,
+	       "the pool holds each entry's bytes and a length byte");
+
+	memcpy(user, "44901", 5);
+	ok(s && snap_account_destination_allowed(s, account_at(s, "80.0.0.2"), user, 3) == 1 &&
+	           snap_account_destination_allowed(s, account_at(s, "80.0.0.2"), user, 4) == 0,
+	   "the user is len bytes, not a C string: 449 may, 4490 may not");
+
+	/* Identical puts change nothing; a head-only delta carries the pool as it was. */
+	policy_account(m, 2, a2_allowed, 2, a2_denied, 1, NULL, 0);
+	policy_account(m, 5, NULL, 0, NULL, 0, a5_codecs, 3);
+	s = publish_view(m, 0);
+	ok(s && last.kind == SNAP_PUBLISH_DELTA && last.overlay_rules == 0 && s->head->policy_bytes == pool,
+	   "the same lists put again: a delta, nothing in the overlay, the same pool");
+	policy_expect(s, "delta");
+
+	/* A new list for one account, none for another: a head-only delta. */
+	policy_account(m, 2, a2_new, 1, NULL, 0, NULL, 0);
+	account(m, 3, 1); /* the old put: no lists */
+	s = publish_view(m, 0);
+	ok(s && last.kind == SNAP_PUBLISH_DELTA && last.overlay_rules == 0,
+	   "lists changed: a head-only delta");
+	ok(dest_ok(s, "80.0.0.2", "12") == 1 && dest_ok(s, "80.0.0.2", "44") == 0,
+	   "... account 2 now allows 1 only");
+	ok(dest_ok(s, "80.0.0.3", "9001") == 1, "... account 3, put without lists, has none");
+	ok(codec_off(s, "80.0.0.5", "PCMA") == 1 && dest_ok(s, "80.0.0.4", "441") == 0,
+	   "... the others keep theirs wherever the pool put them");
+	is_int(s ? s->head->policy_bytes : 0, 2 + 3 + 3 + 5 + 5 + 16, "... and the pool holds what is left");
+
+	/* Deleted, its slot reclaimed by a compaction and reused: no list of the old account comes back. */
+	snap_model_account_del(m, 4);
+	s = publish_view(m, 1);
+	policy_account(m, 6, NULL, 0, NULL, 0, NULL, 0);
+	rule_plain(m, 6, 6, "80.0.0.6");
+	s = publish_view(m, 0);
+	ok(s && snap_accounts(s->head)[3].id == 6 && dest_ok(s, "80.0.0.6", "441") == 1,
+	   "a deleted account's slot, reused, carries none of its lists");
+	ok(codec_off(s, "80.0.0.5", "g729") == 1 && dest_ok(s, "80.0.0.2", "44") == 0,
+	   "after a compaction the others' lists are intact");
+	snap_model_free(m);
+}
+
+static int rule_limits_are(const snap_view_t *v, const char *ip, int64_t id, uint32_t ch, uint32_t cps,
+                           uint32_t burst)
+{
+	tg_ip_t a = ip_of(ip);
+	snap_match_t m;
+
+	return v != NULL && snap_lookup(v, &a, 1, NULL, 0, SNAP_DIR_INGRESS, &m) == SNAP_MATCH &&
+	       m.rule->id == id && m.rule->max_channels == ch && m.rule->max_cps == cps &&
+	       m.rule->cps_burst == burst;
+}
+
+static void rule_limited(snap_model_t *m, int64_t id, int64_t acct, const char *range, uint32_t ch,
+                         uint32_t cps, uint32_t burst)
+{
+	tg_range_t r = range_of(range);
+	snap_rule_info_t ri = {id, acct, &r, 1, 0, "", 1, SNAP_DIR_BOTH, ch, cps, burst};
+	const char *err = NULL;
+
+	if (snap_model_rule_put2(m, &ri, &err) < 0)
+		printf("# test bug: rule %lld: %s\n", (long long)id, err);
+}
+
+static void test_rule_limits(void)
+{
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	snap_account_info_t ai = {1, "burst", 1, 30, 5, 0, 12, NULL, 0, NULL, 0, NULL, 0};
+	snap_rule_info_t got;
+	const snap_view_t *s;
+	const char *err = NULL;
+
+	ok(snap_model_account_put2(m, &ai, &err) == 0, "an account with a burst of its own");
+	rule_limited(m, 1, 1, "81.0.0.0/24", 4, 2, 3);
+	rule_limited(m, 2, 1, "81.0.0.7", 0, 0, 0);
+	rule_plain(m, 3, 1, "81.0.1.0/24");
+	s = publish_view(m, 1);
+	ok(rule_limits_are(s, "81.0.0.1", 1, 4, 2, 3), "a rule's limits come with its match (base)");
+	ok(rule_limits_are(s, "81.0.0.7", 2, 0, 0, 0) && rule_limits_are(s, "81.0.1.1", 3, 0, 0, 0),
+	   "rules without limits carry 0 (put2 with zeros, and the old put)");
+	ok(account_at(s, "81.0.0.1") && account_at(s, "81.0.0.1")->cps_burst == 12 &&
+	           account_at(s, "81.0.0.1")->max_cps == 5,
+	   "the account's burst comes with it");
+	ok(snap_model_rule_get(m, 1, &got) == 0 && got.max_channels == 4 && got.max_cps == 2 &&
+	           got.cps_burst == 3 && got.account_id == 1 && got.nranges == 1,
+	   "rule_get gives the rule back, limits and all");
+	errno = 0;
+	ok(snap_model_rule_get(m, 99, &got) == -1 && errno == ENOENT, "... and ENOENT for an unknown id");
+
+	rule_limited(m, 1, 1, "81.0.0.0/24", 4, 2, 3);
+	s = publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_DELTA && last.overlay_rules == 0 && last.tombstones == 0,
+	   "the same limits put again change nothing");
+	rule_limited(m, 1, 1, "81.0.0.0/24", 4, 9, 3);
+	s = publish_view(m, 0);
+	ok(last.kind == SNAP_PUBLISH_DELTA && last.overlay_rules == 1 && last.tombstones == 1,
+	   "other limits: a changed rule, into the overlay, its base entry tombstoned");
+	ok(rule_limits_are(s, "81.0.0.1", 1, 4, 9, 3), "... and the match carries the new limits");
+	ok(rule_limits_are(s, "81.0.0.7", 2, 0, 0, 0), "... a more specific base rule still wins over it");
+	rule(m, 1, 1, "81.0.0.0/24", 0, "", 1, SNAP_DIR_BOTH);
+	s = publish_view(m, 0);
+	ok(rule_limits_are(s, "81.0.0.1", 1, 0, 0, 0), "put with the old call: the limits are gone");
+	rule_limited(m, 3, 1, "81.0.1.0/24", 1, 1, 1);
+	s = publish_view(m, 1);
+	ok(last.kind == SNAP_PUBLISH_COMPACTION && rule_limits_are(s, "81.0.1.1", 3, 1, 1, 1) &&
+	           rule_limits_are(s, "81.0.0.1", 1, 0, 0, 0),
+	   "a compaction keeps every rule's limits");
+	snap_model_free(m);
+}
+
+/* A put refused with want, leaving account 1 with its allowed prefix "7". */
+static void policy_refused(snap_model_t *m, snap_account_info_t a, const char *want, const char *what)
+{
+	const char *err = NULL;
+	int rc = snap_model_account_put2(m, &a, &err);
+	const snap_view_t *s;
+
+	ok(rc == -1 && err != NULL && strcmp(err, want) == 0, "refused: %s (%s)", what, err ? err : "taken");
+	s = publish_view(m, 0);
+	ok(dest_ok(s, "82.0.0.1", "7") == 1 && dest_ok(s, "82.0.0.1", "8") == 0,
+	   "... and the account is as it was");
+}
+
+static void test_policy_refused(void)
+{
+	static const char *const seven[] = {"7"};
+	const char *many[SNAP_DEST_PREFIXES + 1], *codecs[SNAP_CODECS + 1], *one[1];
+	snap_model_t *m = snap_model_new(CAP_ACCOUNTS, CAP_RULES, CAP_USERS);
+	snap_account_info_t base = {1, "strict", 1, 0, 0, 0, 0, seven, 1, NULL, 0, NULL, 0}, a;
+	static const char *const bad_prefixes[][2] = {
+	        {"12;3", "';'"},   {"a@b", "'@'"},        {"sip:1", "':'"},     {"1 2", "a blank"},
+	        {"1\t2", "a tab"}, {"\x01", "a control"}, {"\xc3\xa9", "UTF-8"}};
+	const char *err = NULL;
+
+	for (int i = 0; i <= SNAP_DEST_PREFIXES; i++)
+		many[i] = "44";
+	for (int i = 0; i <= SNAP_CODECS; i++)
+		codecs[i] = "PCMA";
+	ok(snap_model_account_put2(m, &base, &err) == 0, "an account allowed to call 7 only");
+	rule_plain(m, 1, 1, "82.0.0.1");
+	publish_view(m, 1);
+
+	a = base;
+	a.allowed_prefixes = many;
+	a.nallowed = SNAP_DEST_PREFIXES + 1;
+	policy_refused(m, a, "too many allowed prefixes", "65 allowed prefixes");
+	a = base;
+	a.denied_prefixes = many;
+	a.ndenied = SNAP_DEST_PREFIXES + 1;
+	policy_refused(m, a, "too many denied prefixes", "65 denied prefixes");
+	a = base;
+	a.restricted_codecs = codecs;
+	a.ncodecs = SNAP_CODECS + 1;
+	policy_refused(m, a, "too many restricted codecs", "33 codecs");
+	a = base;
+	a.ncodecs = 1;
+	policy_refused(m, a, "no list given", "a count without its list");
+	a = base;
+	a.denied_prefixes = one;
+	a.ndenied = 1;
+	one[0] = "";
+	policy_refused(m, a, "bad destination prefix: empty or longer than 32 bytes", "an empty prefix");
+	one[0] = "123456789012345678901234567890123";
+	policy_refused(m, a, "bad destination prefix: empty or longer than 32 bytes", "a prefix of 33 bytes");
+	for (size_t k = 0; k < sizeof(bad_prefixes) / sizeof(bad_prefixes[0]); k++) {
+		char what[64];
+
+		one[0] = bad_prefixes[k][0];
+		snprintf(what, sizeof(what), "a prefix with %s", bad_prefixes[k][1]);
+		policy_refused(m, a, "bad destination prefix: a character a SIP user part cannot carry",
+		               what);
+	}
+	a = base;
+	a.restricted_codecs = one;
+	a.ncodecs = 1;
+	one[0] = "G.729 A";
+	policy_refused(m, a, "bad codec name: only letters, digits, '.', '_' and '-'",
+	               "a codec with a blank");
+	one[0] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456";
+	policy_refused(m, a, "bad codec name: empty or longer than 32 bytes", "a codec of 33 bytes");
+
+	/* The limits themselves are taken. */
+	a = base;
+	a.allowed_prefixes = many;
+	a.nallowed = SNAP_DEST_PREFIXES;
+	a.denied_prefixes = one;
+	a.ndenied = 1;
+	one[0] = "aZ09-_.!~*'()%&=+$,?/#";
+	a.restricted_codecs = codecs;
+	a.ncodecs = SNAP_CODECS;
+	ok(snap_model_account_put2(m, &a, &err) == 0,
+	   "64 prefixes, every character a prefix may hold, 32 codecs: taken");
+	snap_model_free(m);
+}
+
+/* An account with every list full of the longest entries: 5,280 bytes of pool. */
+static int full_policy(snap_model_t *m, int64_t id, const char **err)
+{
+	static char prefixes[2 * SNAP_DEST_PREFIXES][SNAP_DEST_PREFIX_MAX + 1],
+	        codecs[SNAP_CODECS][SNAP_CODEC_MAX + 1];
+	static const char *pp[2 * SNAP_DEST_PREFIXES], *cp[SNAP_CODECS];
+	char name[32];
+	snap_account_info_t a = {id,
+	                         name,
+	                         1,
+	                         0,
+	                         0,
+	                         0,
+	                         0,
+	                         pp,
+	                         SNAP_DEST_PREFIXES,
+	                         pp + SNAP_DEST_PREFIXES,
+	                         SNAP_DEST_PREFIXES,
+	                         cp,
+	                         SNAP_CODECS};
+
+	for (int i = 0; i < 2 * SNAP_DEST_PREFIXES; i++) {
+		snprintf(prefixes[i], sizeof(prefixes[i]), "%032d", i);
+		pp[i] = prefixes[i];
+	}
+	for (int i = 0; i < SNAP_CODECS; i++) {
+		snprintf(codecs[i], sizeof(codecs[i]), "CODEC%027d", i);
+		cp[i] = codecs[i];
+	}
+	snprintf(name, sizeof(name), "full%lld", (long long)id);
+	return snap_model_account_put2(m, &a, err);
+}
+
+static void test_policy_pool(void)
+{
+	enum {
+		CAP = 20,
+		FULL = 2 * SNAP_DEST_PREFIXES * (1 + SNAP_DEST_PREFIX_MAX) +
+		       SNAP_CODECS * (1 + SNAP_CODEC_MAX)
+	};
+	snap_model_t *m = snap_model_new(CAP, CAP_RULES, CAP_USERS);
+	uint64_t total = SNAP_POLICY_TOTAL(CAP);
+	int fit = (int)(total / FULL);
+	const char *err = NULL;
+	int taken = 0;
+
+	is_int(FULL, 5280, "an account's lists take at most 5,280 bytes");
+	is_int(total, 70656, "a pool for 20 accounts: 256 bytes each and 64 KiB");
+	for (int i = 1; i <= fit; i++)
+		taken += full_policy(m, i, &err) == 0;
+	is_int(taken, fit, "%d accounts with full lists fit", fit);
+	ok(full_policy(m, fit + 1, &err) == -1 && err &&
+	           strcmp(err, "too many destination prefixes and codecs in total") == 0,
+	   "one more is refused (%s)", err ? err : "taken");
+	ok(snap_model_naccounts(m) == (uint32_t)fit, "... and not added");
+	account(m, fit + 1, 1);
+	ok(full_policy(m, fit + 1, &err) == -1, "an account without lists may not get them either");
+	ok(publish_sized(m, 0, snap_head_size_bound(CAP, CAP_RULES, CAP_USERS), 1) == 0,
+	   "a head with the pool full fits the head bound for its capacity");
+	snap_model_account_del(m, 1);
+	ok(full_policy(m, fit + 1, &err) == 0, "one deleted: its room is free for another");
+
+	/*
+	 * A full load that replaces every account: the old ones still hold
+	 * the pool until the sweep, but only what the load has put counts.
+	 */
+	snap_model_mark_begin(m);
+	taken = 0;
+	for (int i = 100; i < 100 + fit; i++)
+		taken += full_policy(m, i, &err) == 0;
+	is_int(taken, fit, "a full load with %d new full accounts takes them all, the old ones aside", fit);
+	ok(full_policy(m, 100 + fit, &err) == -1,
+	   "... and refuses one more, as the sweep would leave too many");
+	is_int(snap_model_sweep(m), fit, "the sweep drops the old ones");
+	ok(publish_sized(m, 0, snap_head_size_bound(CAP, CAP_RULES, CAP_USERS), 0) == 0,
+	   "... and the model publishes within the bound");
+
+	/* A load that reads an unchanged account again counts it too, or the sweep would keep too much. */
+	snap_model_mark_begin(m);
+	taken = 0;
+	for (int i = 300; i < 300 + fit - 1; i++)
+		taken += full_policy(m, i, &err) == 0;
+	ok(taken == fit - 1 && full_policy(m, 100, &err) == 0,
+	   "a full load: %d new full accounts and one unchanged one fit", fit - 1);
+	ok(full_policy(m, 101, &err) == -1 && err &&
+	           strcmp(err, "too many destination prefixes and codecs in total") == 0,
+	   "... a second unchanged one, put the same, does not (%s)", err ? err : "taken");
+	snap_model_sweep(m);
+	ok(publish_sized(m, 0, snap_head_size_bound(CAP, CAP_RULES, CAP_USERS), 0) == 0,
+	   "... and the swept model publishes within the bound");
+	snap_model_free(m);
+}
+
+/* ------------------------------------------------------------------ */
 /* randomized cross-checks against a linear scan                       */
 
 typedef struct ref_rule {
@@ -888,6 +1287,7 @@ typedef struct ref_rule {
 	char prefix[8];
 	int active;
 	unsigned dir;
+	uint32_t max_channels, max_cps, cps_burst;
 } ref_rule_t;
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
@@ -1021,12 +1421,23 @@ static void random_rule(ref_rule_t *r, int64_t id, int naccounts, int multi)
 	strcpy(r->prefix, prefixes[rnd(8)]);
 	r->active = rnd(10) != 0;
 	r->dir = 1 + rnd(3);
+	if (rnd(3) == 0) {
+		r->max_channels = rnd(5);
+		r->max_cps = rnd(5);
+		r->cps_burst = rnd(5);
+	}
 }
 
 static int ref_put(snap_model_t *m, const ref_rule_t *r)
 {
-	return snap_model_rule_put(m, r->id, r->account, r->r, r->nr, r->port, r->prefix, r->active, r->dir,
-	                           NULL);
+	snap_rule_info_t ri = {r->id,           r->account, r->r,        r->nr,
+	                       r->port,         r->prefix,  r->active,   r->dir,
+	                       r->max_channels, r->max_cps, r->cps_burst};
+
+	if (r->max_channels == 0 && r->max_cps == 0 && r->cps_burst == 0 && rnd(2))
+		return snap_model_rule_put(m, r->id, r->account, r->r, r->nr, r->port, r->prefix, r->active,
+		                           r->dir, NULL);
+	return snap_model_rule_put2(m, &ri, NULL);
 }
 
 static void test_random_cross_check(void)
@@ -1146,20 +1557,70 @@ enum { RD_ACCT = 40, RD_IDS = 2500 };
 typedef struct rd {
 	ref_rule_t rules[RD_IDS]; /* by id - 1 */
 	int acct_live[RD_ACCT], acct_active[RD_ACCT];
+	unsigned acct_policy[RD_ACCT]; /* index into ref_policies */
 	snap_model_t *m;
-	long mismatches, fresh_mismatches, lookups, counts[4];
+	long mismatches, fresh_mismatches, policy_mismatches, lookups, counts[4], policy_checks;
 	long deltas, compactions, refused;
 } rd_t;
 
+/* Call policies the random run gives accounts, and the answers a linear scan gives for them. */
+typedef struct ref_policy {
+	const char *allowed[3], *denied[2], *codecs[2];
+	unsigned nallowed, ndenied, ncodecs;
+} ref_policy_t;
+
+static const ref_policy_t ref_policies[] = {
+        {{NULL}, {NULL}, {NULL}, 0, 0, 0},      {{"12"}, {NULL}, {"PCMA"}, 1, 0, 1},
+        {{"1", "9"}, {"123"}, {NULL}, 2, 1, 0}, {{NULL}, {"5", "12"}, {"g729", "opus"}, 0, 2, 2},
+        {{"12"}, {"12"}, {NULL}, 1, 1, 0},      {{"1234", "9"}, {"12345"}, {"PCMU"}, 2, 1, 1},
+};
+#define REF_POLICIES (sizeof(ref_policies) / sizeof(ref_policies[0]))
+
+static int ref_starts(const char *const *list, unsigned n, const char *user)
+{
+	for (unsigned k = 0; k < n; k++)
+		if (strncmp(user, list[k], strlen(list[k])) == 0)
+			return 1;
+	return 0;
+}
+
+static int ref_allowed(const ref_policy_t *p, const char *user)
+{
+	if (ref_starts(p->denied, p->ndenied, user))
+		return 0;
+	return p->nallowed == 0 || ref_starts(p->allowed, p->nallowed, user);
+}
+
+static int ref_codec(const ref_policy_t *p, const char *codec)
+{
+	for (unsigned k = 0; k < p->ncodecs; k++)
+		if (strcasecmp(p->codecs[k], codec) == 0)
+			return 1;
+	return 0;
+}
+
+static int ref_account_put(snap_model_t *m, int64_t id, int active, unsigned policy)
+{
+	const ref_policy_t *p = &ref_policies[policy];
+	char name[32];
+	snap_account_info_t a = {
+	        id,         name,        active,    0,          0,         0,         (uint32_t)policy,
+	        p->allowed, p->nallowed, p->denied, p->ndenied, p->codecs, p->ncodecs};
+
+	snprintf(name, sizeof(name), "acct%lld", (long long)id);
+	if (policy == 0 && rnd(2))
+		return snap_model_account_put(m, id, name, active, 0, 0, NULL);
+	return snap_model_account_put2(m, &a, NULL);
+}
+
 static int copy_account(void *arg, const snap_account_info_t *a)
 {
-	return snap_model_account_put(arg, a->id, a->name, a->active, a->max_channels, a->max_cps, NULL);
+	return snap_model_account_put2(arg, a, NULL);
 }
 
 static int copy_rule(void *arg, const snap_rule_info_t *r)
 {
-	return snap_model_rule_put(arg, r->id, r->account_id, r->ranges, r->nranges, r->port, r->tech_prefix,
-	                           r->active, r->direction, NULL);
+	return snap_model_rule_put2(arg, r, NULL);
 }
 
 /* A single-level build of the same rows, through the model's iteration, into shm2. */
@@ -1179,10 +1640,11 @@ static int same_entry(const snap_rule_sh_t *a, const snap_rule_sh_t *b)
 	if (a == NULL || b == NULL)
 		return a == b;
 	return a->id == b->id && tg_ip_cmp(&a->range.first, &b->range.first) == 0 &&
-	       tg_ip_cmp(&a->range.last, &b->range.last) == 0;
+	       tg_ip_cmp(&a->range.last, &b->range.last) == 0 && a->max_channels == b->max_channels &&
+	       a->max_cps == b->max_cps && a->cps_burst == b->cps_burst;
 }
 
-/* Same result, same rule, same range of it, same account. */
+/* Same result, same rule, same range of it, same limits, same account. */
 static int rd_same(int got, const snap_match_t *mt, const ref_answer_t *want)
 {
 	if (got != want->result || (mt->rule ? mt->rule->id : -1) != want->id)
@@ -1190,7 +1652,29 @@ static int rd_same(int got, const snap_match_t *mt, const ref_answer_t *want)
 	if (want->rule == NULL)
 		return 1;
 	return tg_ip_cmp(&mt->rule->range.first, &want->range->first) == 0 &&
-	       mt->account->id == want->rule->account;
+	       mt->account->id == want->rule->account && mt->rule->max_channels == want->rule->max_channels &&
+	       mt->rule->max_cps == want->rule->max_cps && mt->rule->cps_burst == want->rule->cps_burst;
+}
+
+/* The matched account's policy answers as the reference's, for every destination and codec tried. */
+static void rd_policy(rd_t *d, const snap_view_t *v, const snap_account_sh_t *a)
+{
+	static const char *dests[] = {"", "1", "12", "123", "1234", "12345", "9", "99", "5", "55", "+1"};
+	static const char *codecs[] = {"PCMA", "pcma", "G729", "g729",
+	                               "OPUS", "PCMU", "G72",  "telephone-event"};
+	const ref_policy_t *p = &ref_policies[d->acct_policy[a->id]];
+	int bad = a->cps_burst != d->acct_policy[a->id] || snap_account_ncodecs(v, a) != p->ncodecs;
+
+	for (size_t k = 0; k < sizeof(dests) / sizeof(dests[0]); k++)
+		bad |= snap_account_destination_allowed(v, a, dests[k], strlen(dests[k])) !=
+		       ref_allowed(p, dests[k]);
+	for (size_t k = 0; k < sizeof(codecs) / sizeof(codecs[0]); k++)
+		bad |= snap_account_codec_restricted(v, a, codecs[k], strlen(codecs[k])) !=
+		       ref_codec(p, codecs[k]);
+	d->policy_checks++;
+	if (bad && d->policy_mismatches++ < 5)
+		printf("# account %lld (generation %llu): policy %u answers otherwise\n", (long long)a->id,
+		       (unsigned long long)v->head->generation, d->acct_policy[a->id]);
 }
 
 static void rd_check(rd_t *d, const snap_view_t *v, int with_fresh)
@@ -1220,6 +1704,10 @@ static void rd_check(rd_t *d, const snap_view_t *v, int with_fresh)
 		    (snap_lookup(fv, &ip, port, user, user ? strlen(user) : 0, dir, &ft) != got ||
 		     !same_entry(ft.rule, mt.rule)))
 			d->fresh_mismatches++;
+		if (mt.account != NULL && i % 4 == 0)
+			rd_policy(d, v, mt.account);
+		if (fv != NULL && ft.account != NULL && i % 4 == 0)
+			rd_policy(d, fv, ft.account);
 	}
 	snap_model_free(f);
 }
@@ -1265,15 +1753,33 @@ static void rd_account(rd_t *d)
 	}
 	d->acct_active[a] = rnd(3) != 0;
 	d->acct_live[a] = 1;
-	account(d->m, a, d->acct_active[a]);
+	d->acct_policy[a] = rnd(REF_POLICIES);
+	if (ref_account_put(d->m, a, d->acct_active[a], d->acct_policy[a]) < 0 && d->mismatches++ < 5)
+		printf("# account %d refused\n", a);
+}
+
+/* A live rule put again with other limits only: a changed rule, whose new limits a lookup must see. */
+static void rd_rule_limits(rd_t *d)
+{
+	ref_rule_t *r = &d->rules[rnd(RD_IDS)];
+
+	if (!r->live)
+		return;
+	r->max_channels = rnd(5);
+	r->max_cps = rnd(5);
+	r->cps_burst = rnd(5);
+	if (ref_put(d->m, r) < 0 && d->mismatches++ < 5)
+		printf("# rule %lld: new limits refused\n", (long long)r->id);
 }
 
 static void rd_step(rd_t *d)
 {
 	uint32_t k = rnd(100);
 
-	if (k < 55)
+	if (k < 50)
 		rd_rule_put(d);
+	else if (k < 58)
+		rd_rule_limits(d);
 	else if (k < 85)
 		rd_rule_del(d);
 	else
@@ -1313,7 +1819,10 @@ static void test_random_deltas(void)
 	       d.deltas + d.compactions, d.deltas, d.compactions, d.lookups, d.counts[0], d.counts[1],
 	       d.counts[2], d.counts[3], d.refused);
 	ok(v != NULL && d.mismatches == 0,
-	   "every view after random puts and deletes agrees with a linear scan");
+	   "every view after random puts and deletes agrees with a linear scan, rule limits included");
+	ok(d.policy_mismatches == 0 && d.policy_checks > 1000,
+	   "every matched account's call policy answers as its reference does (%ld accounts checked)",
+	   d.policy_checks);
 	is_int(d.fresh_mismatches, 0,
 	       "... and with a fresh single-level build of the same rows, entry for entry");
 	ok(d.deltas > 200 && d.compactions > 3 && d.counts[0] > 1000 && d.counts[1] > 1000 &&
@@ -2396,6 +2905,10 @@ int main(void)
 	test_compaction_triggers();
 	test_space();
 	test_checksum();
+	test_policy();
+	test_rule_limits();
+	test_policy_refused();
+	test_policy_pool();
 	test_random_cross_check();
 	test_bucket_edges();
 	test_random_deltas();

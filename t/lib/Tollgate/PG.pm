@@ -165,25 +165,49 @@ sub install {
 }
 
 # Provisioning shortcuts used by several tests. Returns the new id.
+#
+#   $pg->add_account('acme', status => 'inactive', max_channels => 30, max_cps => 5,
+#       cps_burst => 10, allowed_prefixes => ['44'], denied_prefixes => ['4490'],
+#       restricted_codecs => ['G729']);
+#   $pg->add_rule($acme, '192.0.2.0/24', port => 5060, tech_prefix => '99',
+#       status => 'active', direction => 'both', max_channels => 4, max_cps => 2, cps_burst => 3);
+#
+# Options left out take the column's default.
 sub add_account {
 	my ($self, $name, %o) = @_;
-	my $status = $o{status} // 'active';
-	return $self->psql(sprintf(
-	    "insert into tollgate.accounts (name, status) values (%s, %s) returning id",
-	    quote($name), quote($status)));
+	my @cols = ('name', 'status');
+	my @vals = (quote($name), quote($o{status} // 'active'));
+	for my $k (qw(max_channels max_cps cps_burst)) {
+		next unless defined $o{$k};
+		push @cols, $k;
+		push @vals, $o{$k} + 0;
+	}
+	for my $k (qw(allowed_prefixes denied_prefixes restricted_codecs)) {
+		next unless defined $o{$k};
+		push @cols, $k;
+		push @vals, text_array($o{$k});
+	}
+	return $self->psql(sprintf("insert into tollgate.accounts (%s) values (%s) returning id",
+	    join(', ', @cols), join(', ', @vals)));
 }
 
 sub add_rule {
 	my ($self, $account_id, $address, %o) = @_;
 	my @cols = ('account_id', 'address');
 	my @vals = ($account_id + 0, quote($address));
-	for my $k (qw(port tech_prefix status direction)) {
+	for my $k (qw(port tech_prefix status direction max_channels max_cps cps_burst)) {
 		next unless defined $o{$k};
 		push @cols, $k;
-		push @vals, $k eq 'port' ? $o{$k} + 0 : quote($o{$k});
+		push @vals, $k =~ /^(?:port|max_channels|max_cps|cps_burst)$/ ? $o{$k} + 0 : quote($o{$k});
 	}
 	return $self->psql(sprintf("insert into tollgate.ip_rules (%s) values (%s) returning id",
 	    join(', ', @cols), join(', ', @vals)));
+}
+
+# A Perl array reference as an SQL text[] literal.
+sub text_array {
+	my ($list) = @_;
+	return 'ARRAY[' . join(', ', map { quote($_) } @$list) . ']::text[]';
 }
 
 # add_sip_user($account_id, $username, password => ..., domain => ...,
@@ -205,7 +229,7 @@ sub add_sip_user {
 	}
 	if (defined $o{allowed_sources}) {
 		push @cols, 'allowed_sources';
-		push @vals, 'ARRAY[' . join(', ', map { quote($_) } @{ $o{allowed_sources} }) . ']::text[]';
+		push @vals, text_array($o{allowed_sources});
 	}
 	my $sql = sprintf("insert into tollgate.sip_users (%s) values (%s) returning id;\n",
 	    join(', ', @cols), join(', ', @vals));
