@@ -706,14 +706,23 @@ static int parse_cap_failures(cfg_parse_t *p, yaml_node_t *n, const char *key)
 	return set_pow2(p, n, key, &p->cfg->cap_failures);
 }
 
+/* The dialog table's slots are the limit table's holders: at most 2^23 (shm/limits.h). */
 static int parse_cap_dialogs(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
-	return set_pow2(p, n, key, &p->cfg->cap_dialogs);
+	if (set_pow2(p, n, key, &p->cfg->cap_dialogs) < 0)
+		return -1;
+	if (p->cfg->cap_dialogs > (1u << 23))
+		return fail(p, n, key, "bad value: %u is above 8388608", p->cfg->cap_dialogs);
+	return 0;
 }
 
 static int parse_cap_limit_keys(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
-	return set_pow2(p, n, key, &p->cfg->cap_limit_keys);
+	if (set_pow2(p, n, key, &p->cfg->cap_limit_keys) < 0)
+		return -1;
+	if (p->cfg->cap_limit_keys > (1u << 18))
+		return fail(p, n, key, "bad value: %u is above 262144", p->cfg->cap_limit_keys);
+	return 0;
 }
 
 static int parse_capacity(cfg_parse_t *p, yaml_node_t *n, const char *key)

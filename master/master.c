@@ -27,7 +27,10 @@
 #include "lib/log.h"
 #include "master/master.h"
 #include "master/proc.h"
+#include "shm/dialog.h"
+#include "shm/limits.h"
 #include "shm/shm.h"
+#include "worker/calls.h"
 
 #define RESPAWN_MIN_MS    100
 #define RESPAWN_MAX_MS    30000
@@ -72,6 +75,7 @@ static struct {
 	uint64_t reload_started_ms;
 	uint64_t reopen_gen; /* SIGUSR1 whose acknowledgements are awaited, 0 = none */
 	uint64_t reopen_started_ms;
+	uint64_t sweep_next_ms; /* when the dialog table is swept next */
 	master_stats_t stats;
 	struct event *tick_ev;
 	uint64_t stop_deadline_ms;
@@ -449,6 +453,35 @@ static void tick_reopen(void)
 	}
 }
 
+/* A dialog the sweep ended (timed out): its channels are back already. */
+static void on_swept(void *arg, shm_dialog_ref_t ref, const shm_dialog_info_t *info, int reason)
+{
+	shm_limit_stat_t st;
+
+	(void)arg;
+	(void)ref;
+	if (!shm_limits_lookup(m.shm.limits, SHM_LIMIT_ACCOUNT, info->account, &st))
+		st.name[0] = '\0';
+	log_info("dialog_ended", "account=%s reason=%s", st.name, calls_end_reason_name(reason));
+}
+
+/*
+ * Once a second: calls that got no final answer within early_timeout_s,
+ * or were answered more than max_duration_s ago, end here and give their
+ * channels back; ended and refused ones are forgotten after linger_s. The
+ * master does it because it is never on the SIP path and always there.
+ */
+static void tick_sweep(void)
+{
+	uint64_t now = tg_now_ms();
+	shm_dialog_timeouts_t t = {m.cfg->early_timeout_s, m.cfg->max_duration_s, m.cfg->linger_s, 5};
+
+	if (now < m.sweep_next_ms)
+		return;
+	m.sweep_next_ms = now + 1000;
+	shm_dialog_sweep(m.shm.dialogs, m.shm.limits, now / 1000, &t, on_swept, NULL);
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -467,6 +500,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 	tick_alive();
 	tick_reload();
 	tick_reopen();
+	tick_sweep();
 }
 
 static int add_signal(int sig, event_callback_fn cb)

@@ -15,7 +15,9 @@
 #include "lib/clock.h"
 #include "lib/log.h"
 #include "master/master.h"
+#include "shm/dialog.h"
 #include "shm/failures.h"
+#include "shm/limits.h"
 #include "shm/nonce.h"
 #include "shm/shm.h"
 #include "shm/snapshot.h"
@@ -61,6 +63,111 @@ static void put_refusals(struct evbuffer *b)
 static void put_gauge(struct evbuffer *b, const char *name, const char *help, const char *type, double v)
 {
 	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %.15g\n", name, help, name, type, name, v);
+}
+
+/* Label values are account names: escape what the exposition format needs escaped. */
+static void put_label(struct evbuffer *b, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '"' || *v == '\\')
+			evbuffer_add_printf(b, "\\%c", *v);
+		else if (*v == '\n')
+			evbuffer_add_printf(b, "\\n");
+		else
+			evbuffer_add(b, v, 1);
+	}
+}
+
+enum { LM_CHANNELS, LM_CALLS, LM_REFUSALS, LM_COUNT };
+
+typedef struct limit_walk {
+	struct evbuffer *b;
+	int what;
+} limit_walk_t;
+
+static void put_limit(void *arg, const shm_limit_stat_t *st)
+{
+	limit_walk_t *lw = arg;
+	struct evbuffer *b = lw->b;
+	const char *kind = st->kind == SHM_LIMIT_ACCOUNT ? "account" : "rule";
+
+	if (lw->what == LM_REFUSALS) {
+		for (int i = 0; i < 2; i++) {
+			evbuffer_add_printf(b, "tollgate_%s_refusals_total{", kind);
+			if (st->kind == SHM_LIMIT_ACCOUNT) {
+				evbuffer_add_printf(b, "account=\"");
+				put_label(b, st->name);
+			} else {
+				evbuffer_add_printf(b, "rule=\"%lld", (long long)st->id);
+			}
+			evbuffer_add_printf(
+			        b, "\",limit=\"%s\"} %llu\n", i ? "cps" : "channels",
+			        (unsigned long long)(i ? st->refusals_cps : st->refusals_channels));
+		}
+		return;
+	}
+	evbuffer_add_printf(b, "tollgate_%s_%s{", kind, lw->what == LM_CHANNELS ? "channels" : "calls_total");
+	if (st->kind == SHM_LIMIT_ACCOUNT) {
+		evbuffer_add_printf(b, "account=\"");
+		put_label(b, st->name);
+	} else {
+		evbuffer_add_printf(b, "rule=\"%lld", (long long)st->id);
+	}
+	evbuffer_add_printf(b, "\"} %llu\n",
+	                    (unsigned long long)(lw->what == LM_CHANNELS ? st->channels : st->calls_total));
+}
+
+static void put_limit_account(void *arg, const shm_limit_stat_t *st)
+{
+	if (st->kind == SHM_LIMIT_ACCOUNT)
+		put_limit(arg, st);
+}
+
+static void put_limit_rule(void *arg, const shm_limit_stat_t *st)
+{
+	if (st->kind == SHM_LIMIT_RULE)
+		put_limit(arg, st);
+}
+
+/* Calls: channels per account and rule, refusals by limit, the dialog table. */
+static void put_calls(struct evbuffer *b)
+{
+	static const char *const help[LM_COUNT][2] = {
+	        {"gauge", "Channels (calls) in use"},
+	        {"counter", "Calls admitted"},
+	        {"counter", "Calls refused at a limit, by limit"},
+	};
+	static const char *const names[LM_COUNT] = {"channels", "calls_total", "refusals_total"};
+	shm_dialog_sh_t *d = mx.shm->dialogs;
+	static const int states[] = {SHM_DS_EARLY, SHM_DS_CONFIRMED, SHM_DS_ENDED, SHM_DS_REFUSED};
+
+	for (int k = 0; k < 2; k++)
+		for (int what = 0; what < LM_COUNT; what++) {
+			limit_walk_t lw = {b, what};
+			const char *kind = k == 0 ? "account" : "rule";
+
+			evbuffer_add_printf(
+			        b, "# HELP tollgate_%s_%s %s, per %s.\n# TYPE tollgate_%s_%s %s\n", kind,
+			        names[what], help[what][1], kind, kind, names[what], help[what][0]);
+			/* one walk per metric keeps each family's lines together, as the format wants */
+			shm_limits_foreach(mx.shm->limits, k == 0 ? put_limit_account : put_limit_rule, &lw);
+		}
+	evbuffer_add_printf(b, "# HELP tollgate_dialogs Dialogs in the table by state, at the last sweep.\n"
+	                       "# TYPE tollgate_dialogs gauge\n");
+	for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
+		evbuffer_add_printf(b, "tollgate_dialogs{state=\"%s\"} %llu\n",
+		                    shm_dialog_state_name(states[i]),
+		                    (unsigned long long)atomic_load(&d->live[states[i]]));
+	put_gauge(b, "tollgate_dialog_table_full_total",
+	          "New calls refused: no free slot (capacity.dialogs).", "counter",
+	          (double)atomic_load(&d->full));
+	evbuffer_add_printf(b,
+	                    "# HELP tollgate_dialogs_expired_total Dialogs ended by the sweep, by reason.\n"
+	                    "# TYPE tollgate_dialogs_expired_total counter\n"
+	                    "tollgate_dialogs_expired_total{reason=\"early\"} %llu\n"
+	                    "tollgate_dialogs_expired_total{reason=\"duration\"} %llu\n",
+	                    (unsigned long long)atomic_load(&d->ends[SHM_DE_EARLY_TIMEOUT]),
+	                    (unsigned long long)atomic_load(&d->ends[SHM_DE_MAX_DURATION]));
 }
 
 /* Digest: what was done with requests, and the two shared tables behind it. */
@@ -186,6 +293,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	put_requests(b);
 	put_refusals(b);
 	put_digest(b);
+	put_calls(b);
 	put_state(b);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 	                  "text/plain; version=0.0.4");

@@ -13,7 +13,9 @@
 #include <sys/random.h>
 
 #include "lib/log.h"
+#include "shm/dialog.h"
 #include "shm/failures.h"
+#include "shm/limits.h"
 #include "shm/nonce.h"
 #include "shm/shm.h"
 #include "shm/snapshot.h"
@@ -43,6 +45,13 @@ static const char *const reason_names[SHM_R_COUNT] = {
         "nonce_table_full",
         "egress_denied",
         "aor_mismatch",
+        "channels_exceeded",
+        "cps_exceeded",
+        "destination_denied",
+        "no_codec",
+        "dialog_table_full",
+        "no_dialog",
+        "refused_again",
 };
 static const char *const digest_names[SHM_D_COUNT] = {"challenged", "stale", "accepted", "failed", "dialog"};
 
@@ -99,6 +108,8 @@ static void shm_bind(shm_t *shm)
 	shm->base_size = h->base_size;
 	shm->nonce = (shm_nonce_sh_t *)(base + h->off_nonce);
 	shm->failures = (shm_failures_sh_t *)(base + h->off_failures);
+	shm->dialogs = (shm_dialog_sh_t *)(base + h->off_dialogs);
+	shm->limits = (shm_limits_sh_t *)(base + h->off_limits);
 }
 
 int shm_create(shm_t *shm, const tg_config_t *cfg)
@@ -124,7 +135,11 @@ int shm_create(shm_t *shm, const tg_config_t *cfg)
 	h.off_nonce = off;
 	off = align_up(off + shm_nonce_size(cfg->cap_nonces), SHM_CACHELINE);
 	h.off_failures = off;
-	off = align_up(off + shm_failures_size(cfg->cap_failures), 4096);
+	off = align_up(off + shm_failures_size(cfg->cap_failures), SHM_CACHELINE);
+	h.off_dialogs = off;
+	off = align_up(off + shm_dialog_size(cfg->cap_dialogs), SHM_CACHELINE);
+	h.off_limits = off;
+	off = align_up(off + shm_limits_size(cfg->cap_limit_keys, cfg->cap_dialogs), 4096);
 	h.cap_sip_users = cfg->cap_sip_users;
 	h.cap_nonces = cfg->cap_nonces;
 	h.cap_failures = cfg->cap_failures;
@@ -163,6 +178,10 @@ int shm_create(shm_t *shm, const tg_config_t *cfg)
 		shm_nonce_init(shm->nonce, cfg->cap_nonces, seed);
 		seed[0] ^= 'n' ^ 'f';
 		shm_failures_init(shm->failures, cfg->cap_failures, SHM_FAILURE_WINDOW_S, seed);
+		seed[0] ^= 'f' ^ 'd';
+		shm_dialog_init(shm->dialogs, cfg->cap_dialogs, seed);
+		seed[0] ^= 'd' ^ 'l';
+		shm_limits_init(shm->limits, cfg->cap_limit_keys, cfg->cap_dialogs, seed);
 	}
 	atomic_store(&shm->conf->generation, 0);
 	log_info("shm_created", "bytes=%llu head_arena_bytes=%llu base_arena_bytes=%llu workers=%u",

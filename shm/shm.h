@@ -90,10 +90,17 @@ enum shm_reason {
 	SHM_R_USER_INACTIVE,
 	SHM_R_SOURCE_NOT_ALLOWED, /* the user's allowed sources exclude the address */
 	SHM_R_WRONG_PASSWORD,
-	SHM_R_NONCE_REPLAY,     /* a nonce count that did not increase */
-	SHM_R_NONCE_TABLE_FULL, /* capacity.nonces too small for the traffic */
-	SHM_R_EGRESS_DENIED,    /* the softswitch's request to an address no egress rule covers */
-	SHM_R_AOR_MISMATCH,     /* a REGISTER for another user than the one authenticated */
+	SHM_R_NONCE_REPLAY,       /* a nonce count that did not increase */
+	SHM_R_NONCE_TABLE_FULL,   /* capacity.nonces too small for the traffic */
+	SHM_R_EGRESS_DENIED,      /* the softswitch's request to an address no egress rule covers */
+	SHM_R_AOR_MISMATCH,       /* a REGISTER for another user than the one authenticated */
+	SHM_R_CHANNELS_EXCEEDED,  /* the account's or the rule's max_channels */
+	SHM_R_CPS_EXCEEDED,       /* the account's or the rule's max_cps */
+	SHM_R_DESTINATION_DENIED, /* the account's allowed/denied destination prefixes */
+	SHM_R_NO_CODEC,           /* nothing left of the SDP offer after restricted codecs: 488 */
+	SHM_R_DIALOG_TABLE_FULL,  /* capacity.dialogs (or capacity.limit_keys) too small */
+	SHM_R_NO_DIALOG,          /* an in-dialog request matching no dialog: 481 */
+	SHM_R_REFUSED_AGAIN,      /* a retransmission of a refused INVITE: the same refusal */
 	SHM_R_COUNT
 };
 
@@ -119,6 +126,8 @@ typedef struct shm_header_sh {
 	uint8_t digest_secret[32]; /* random at master start; keys nonces unless digest.secret_file is set */
 	uint64_t off_nonce,
 	        off_failures; /* the nonce-count and failure tables (shm/nonce.h, shm/failures.h) */
+	uint64_t off_dialogs,
+	        off_limits; /* the dialog table and channel/CPS counters (shm/dialog.h, shm/limits.h) */
 	uint32_t cap_sip_users, cap_nonces, cap_failures;
 	uint32_t pad2;
 } shm_header_sh_t;
@@ -213,6 +222,8 @@ typedef struct shm {
 	size_t base_size;                 /* bytes each */
 	struct shm_nonce_sh *nonce;       /* nonce counts, all workers */
 	struct shm_failures_sh *failures; /* authentication failures by source */
+	struct shm_dialog_sh *dialogs;    /* calls in progress */
+	struct shm_limits_sh *limits;     /* channels and CPS per account and rule */
 } shm_t;
 
 #define SHM_PROC_LOADER    0

@@ -195,7 +195,9 @@ my $by = $bystander->local_hostport;
 is($resp && $resp->status, 200, "INVITE to sip:...\@$by with Route: <sip:$by;lr> is answered by the softswitch");
 is($bystander->recv(timeout => 0.3), undef, '... and nothing reached the address it named');
 
+# in that call's dialog (tollgate knows the dialog: a BYE of no dialog gets 481)
 my $bye = $cust->build(method => 'BYE', uri => "sip:victim\@$by", to_tag => 'abc123', cseq => 2,
+    call_id => $inv && $inv->header('call-id'), from_tag => $inv && $inv->tag_of('from'),
     headers => [ [ Route => "<sip:$tg;lr>" ], [ Route => "<sip:$by;lr>" ] ]);
 $cust->send($bye);
 my $got = $ss->wait_request(method => 'BYE', timeout => 2);

@@ -116,9 +116,12 @@ denied($other44, 'INVITE to 127.0.0.44 at another port');
 denied($cust{45}, 'INVITE to 127.0.0.45 (no rule)');
 denied($cust{46}, 'INVITE to 127.0.0.46 (egress rule of an inactive account)');
 
-# in-dialog: as before, whatever the rules
-allowed($cust{45}, 'in-dialog BYE (To tag) to 127.0.0.45 (no rule)', method => 'BYE', to_tag => 'dialog1');
-allowed($cust{42}, 'in-dialog BYE (To tag) to 127.0.0.42 (ingress-only rule)', method => 'BYE', to_tag => 'dialog2');
+# in-dialog: no egress check, but the dialog must exist (481 otherwise)
+for my $c ([ 45, 'no rule' ], [ 42, 'ingress-only rule' ]) {
+	my ($status, $got) = out($cust{ $c->[0] }, method => 'BYE', to_tag => "dialog$c->[0]");
+	is($status, 481, "in-dialog BYE (To tag) of no known dialog to 127.0.0.$c->[0] ($c->[1]): 481");
+	ok(!$got, '... not delivered');
+}
 
 # --- from the customers ------------------------------------------------------
 

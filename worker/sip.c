@@ -22,7 +22,9 @@
 
 #include "lib/log.h"
 #include "lib/siphash.h"
+#include "shm/dialog.h"
 #include "worker/auth.h"
+#include "worker/calls.h"
 #include "worker/worker.h"
 
 #define BRANCH_PREFIX        "z9hG4bKtg"
@@ -502,6 +504,8 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 		 * credentials asked. Never a REGISTER or PUBLISH: those are not
 		 * dialog requests, and a token must not stand in for a login.
 		 */
+		if (calls_in_dialog(w, p, msg) != CALLS_PASS)
+			return;
 		atomic_fetch_add_explicit(&w->stats->digest[SHM_D_DIALOG], 1, memory_order_relaxed);
 		osip_message_set_header(msg, cfg->account_header, t.account->name);
 		to_downstream(w, p, msg, t.account->name, NULL, NULL);
@@ -517,7 +521,7 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 		 */
 		if (reply_tag_is_ours(w, msg, tag_of(msg->to)))
 			worker_count(w, SHM_M_ACK, SHM_O_DROPPED);
-		else
+		else if (calls_in_dialog(w, p, msg) == CALLS_PASS)
 			to_downstream(w, p, msg, NULL, NULL, NULL);
 		return;
 	}
@@ -532,6 +536,13 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 	}
 	if (auth_digest(w, p, msg, &id) != AUTH_PASS)
 		return;
+	if (initial && MSG_IS_INVITE(msg)) {
+		if (calls_policy(w, p, msg, id.account) != CALLS_PASS ||
+		    calls_admit(w, p, msg, id.account, NULL, SHM_DIALOG_INGRESS) != CALLS_PASS)
+			return;
+	} else if (!initial && calls_in_dialog(w, p, msg) != CALLS_PASS) {
+		return;
+	}
 	osip_message_set_header(msg, cfg->account_header, id.account->name);
 	osip_message_set_header(msg, cfg->user_header, id.user_name);
 	rr[0] = '\0';
@@ -594,6 +605,16 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	 */
 	if (initial || mt.rule->prefix_len == 0)
 		osip_message_set_header(msg, cfg->account_header, mt.account->name);
+	if (initial && MSG_IS_INVITE(msg)) {
+		if (calls_policy(w, p, msg, mt.account) != CALLS_PASS ||
+		    calls_admit(w, p, msg, mt.account, mt.rule, SHM_DIALOG_INGRESS) != CALLS_PASS)
+			return;
+	} else if (!initial) {
+		if (calls_in_dialog(w, p, msg) != CALLS_PASS)
+			return;
+	} else if (MSG_IS_CANCEL(msg)) {
+		calls_cancel(w, msg);
+	}
 	to_downstream(w, p, msg, mt.account->name, NULL, mt.account);
 }
 
@@ -603,7 +624,7 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
  * never sent calls and tollgate relays nowhere else. Returns 0 or refuses.
  */
 static int egress_allowed(worker_t *w, const pkt_t *p, osip_message_t *msg,
-                          const struct sockaddr_storage *dst)
+                          const struct sockaddr_storage *dst, snap_match_t *out)
 {
 	snap_match_t mt = {0};
 	tg_ip_t ip;
@@ -617,8 +638,10 @@ static int egress_allowed(worker_t *w, const pkt_t *p, osip_message_t *msg,
 	if (tg_ip_from_sockaddr((const struct sockaddr *)dst, &ip, &port) < 0)
 		return -1;
 	r = snap_lookup(&w->snap, &ip, port, NULL, 0, SNAP_DIR_EGRESS, &mt);
-	if (r == SNAP_MATCH)
+	if (r == SNAP_MATCH) {
+		*out = mt;
 		return 0;
+	}
 	/* an inactive account's rule allows nothing: still egress_denied, naming the account */
 	refuse(w, p, msg, SHM_R_EGRESS_DENIED, 403, "Forbidden",
 	       r == SNAP_ACCOUNT_INACTIVE ? mt.account->name : NULL);
@@ -646,6 +669,12 @@ static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	    auth_token_check(w, token, sip_call_id(msg), tag_of(msg->from), tag_of(msg->to), &t) == 0) {
 		/* a registered device (Path) or a digest dialog: where its requests really come from */
 		tg_ip_to_sockaddr(&t.ip, t.port, &dst, &dstlen);
+		if (initial && MSG_IS_INVITE(msg)) {
+			if (calls_admit(w, p, msg, t.account, NULL, SHM_DIALOG_EGRESS) != CALLS_PASS)
+				return;
+		} else if (!initial && calls_in_dialog(w, p, msg) != CALLS_PASS) {
+			return;
+		}
 		rr[0] = '\0';
 		if (initial && auth_token_make(w, 'D', &t.ip, t.port, t.account, sip_call_id(msg),
 		                               tag_of(msg->from), rr, sizeof rr) < 0)
@@ -672,9 +701,22 @@ static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		refuse(w, p, msg, SHM_R_LOOP, 482, "Loop Detected", NULL);
 		return;
 	}
-	/* in-dialog requests follow the dialog; an ACK or CANCEL follows its INVITE */
-	if (initial && !MSG_IS_ACK(msg) && !MSG_IS_CANCEL(msg) && egress_allowed(w, p, msg, &dst) < 0)
-		return;
+	/* in-dialog requests follow their dialog; an ACK or CANCEL follows its INVITE */
+	if (!initial) {
+		if (calls_in_dialog(w, p, msg) != CALLS_PASS)
+			return;
+	} else if (MSG_IS_CANCEL(msg)) {
+		calls_cancel(w, msg);
+	} else if (!MSG_IS_ACK(msg)) {
+		snap_match_t mt = {0};
+
+		if (egress_allowed(w, p, msg, &dst, &mt) < 0)
+			return;
+		/* the softswitch's call to a customer takes that customer's channel */
+		if (MSG_IS_INVITE(msg) &&
+		    calls_admit(w, p, msg, mt.account, mt.rule, SHM_DIALOG_EGRESS) != CALLS_PASS)
+			return;
+	}
 	forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL, NULL, NULL);
 }
 
@@ -759,6 +801,7 @@ static void handle_response(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		           sip_call_id(msg), msg->status_code);
 		return;
 	}
+	calls_response(w, msg);
 	osip_message_get_via(msg, 0, &top);
 	osip_list_remove(&msg->vias, 0);
 	osip_via_free(top);

@@ -732,3 +732,275 @@ END {
 }
 
 1;
+
+###########################################################################
+# Calls through tollgate, for the call-limit tests (t/8*.t): the messages
+# of one call kept together, so that either side can carry on with the
+# dialog (ACK, re-INVITE, BYE, CANCEL) the way a user agent would. The
+# caller is a customer socket and the callee the softswitch socket, or
+# the other way round for an egress call. Nothing is retransmitted unless
+# a test sends it again; every wait is bounded.
+#
+#   my $call = $cust->dial($ss);         # INVITE: ->forwarded is the copy the
+#                                        # softswitch got, ->response a refusal
+#   $call->answer(180);                  # early
+#   $call->answer(200);                  # the caller gets it and ACKs it
+#   my ($status, $got) = $call->request('callee', 'BYE');   # 200 from the caller
+#   $call->cancel;                       # CANCEL, 200, 487, ACK
+
+package Tollgate::SIP;
+
+use Time::HiRes ();
+
+# take(call_id => ID, method => M, response => 1, final => 1, status => N,
+# cseq => METHOD, timeout => S) — the next message that fits: a request of
+# that method, or a response (final only with final => 1; that status; to
+# a request of that CSeq method). Looks first among the messages an
+# earlier take() kept aside, then receives for at most timeout seconds (0:
+# only the kept ones); what does not fit is kept for a later take().
+sub take {
+	my ($self, %o) = @_;
+	my $fits = sub {
+		my ($m) = @_;
+		return 0 if $m->parse_error;
+		return 0 if defined $o{call_id} && ($m->header('call-id') // '') ne $o{call_id};
+		if (defined $o{method}) {
+			return 0 if $m->is_response || $m->method ne $o{method};
+		}
+		if ($o{response}) {
+			return 0 unless $m->is_response;
+			return 0 if $o{final} && $m->status < 200;
+			return 0 if defined $o{status} && $m->status != $o{status};
+		}
+		if (defined $o{cseq}) {
+			my ($cm) = ($m->header('cseq') // '') =~ /^\s*\d+\s+(\S+)/;
+			return 0 unless defined $cm && $cm eq $o{cseq};
+		}
+		return 1;
+	};
+	my $kept = $self->{kept} //= [];
+	for my $i (0 .. $#$kept) {
+		return splice(@$kept, $i, 1) if $fits->($kept->[$i]);
+	}
+	my $deadline = Time::HiRes::time() + ($o{timeout} // 2);
+	while ((my $left = $deadline - Time::HiRes::time()) > 0) {
+		my $m = $self->recv(timeout => $left) or last;
+		return $m if $fits->($m);
+		push @$kept, $m;
+		shift @$kept while @$kept > 2000;
+	}
+	return undef;
+}
+
+# dial($callee, %build_options, timeout => S) — an INVITE from this socket
+# through tollgate; waits (at most timeout, default 2 s) until the callee
+# socket gets it or this one gets a final response. Returns a
+# Tollgate::SIP::Call.
+sub dial {
+	my ($self, $callee, %o) = @_;
+	my $timeout = delete $o{timeout} // 2;
+	$o{call_id} //= _rand() . '@' . $self->{local_host};
+	$o{from_tag} //= 'ft' . _rand();
+	$o{branch} //= 'z9hG4bK' . _rand();
+	my $call = bless {
+		caller => $self,
+		callee => $callee,
+		call_id => $o{call_id},
+		from_tag => $o{from_tag},
+		branch => $o{branch},
+		cseq => { caller => 1, callee => 100 },
+	}, 'Tollgate::SIP::Call';
+	$call->{req} = $self->build(method => 'INVITE', cseq => 1, %o);
+	$call->offer(timeout => $timeout);
+	return $call;
+}
+
+# sipp_log($sipp) — the lines a sipp scenario's <log> actions wrote
+# (-trace_logs: <scenario>_<pid>_logs.log in its directory).
+sub sipp_log {
+	my ($sipp) = @_;
+	opendir(my $dh, $sipp->{dir}) or return ();
+	my @lines;
+	for my $f (sort grep { /_logs\.log$/ } readdir $dh) {
+		open(my $fh, '<', "$sipp->{dir}/$f") or next;
+		push @lines, map { s/\r?\n$//r } <$fh>;
+	}
+	return @lines;
+}
+
+###########################################################################
+package Tollgate::SIP::Call;
+
+use strict;
+use warnings;
+use Time::HiRes ();
+
+my %REASON = (100 => 'Trying', 180 => 'Ringing', 183 => 'Session Progress', 200 => 'OK',
+    404 => 'Not Found', 480 => 'Temporarily Unavailable', 486 => 'Busy Here',
+    487 => 'Request Terminated', 488 => 'Not Acceptable Here', 503 => 'Service Unavailable');
+
+sub call_id { $_[0]{call_id} }
+sub from_tag { $_[0]{from_tag} }
+sub to_tag { $_[0]{to_tag} }
+sub caller { $_[0]{caller} }
+sub callee { $_[0]{callee} }
+# the INVITE as sent
+sub req { $_[0]{req} }
+# the copy of the INVITE the callee got (undef: none yet)
+sub forwarded { $_[0]{fwd} }
+# the final response to the INVITE the caller got (undef: none yet)
+sub response { $_[0]{resp} }
+sub status { $_[0]{resp} ? $_[0]{resp}->status : 0 }
+
+# offer(timeout => S) — send the INVITE (again: a retransmission, byte for
+# byte) and wait until the callee gets a copy or the caller a final
+# response. Returns (copy, final response) of this attempt; either may
+# be undef.
+sub offer {
+	my ($self, %o) = @_;
+	my ($c, $e) = @$self{qw(caller callee)};
+	$c->send($self->{req});
+	my ($fwd, $resp);
+	my $deadline = Time::HiRes::time() + ($o{timeout} // 2);
+	while (!$fwd && !$resp && Time::HiRes::time() < $deadline) {
+		$fwd = $e->take(call_id => $self->{call_id}, method => 'INVITE', timeout => 0.01) if $e;
+		$resp = $c->take(call_id => $self->{call_id}, response => 1, final => 1, cseq => 'INVITE',
+		    timeout => 0.01);
+	}
+	$self->{fwd} //= $fwd;
+	$self->{resp} = $resp if $resp;
+	return ($fwd, $resp);
+}
+
+# answer($code, reason => TEXT, headers => [...], body => ..., ack => 0,
+# timeout => S) — the callee answers the INVITE it got (one To tag for all
+# its answers); waits for the caller to get it. A final response is
+# ACKed by the caller (a 2xx in the dialog, along the route set; a
+# non-2xx with the INVITE's branch) unless ack => 0. Returns the response
+# the caller got, or undef.
+sub answer {
+	my ($self, $code, %o) = @_;
+	my $fwd = $self->{fwd} or return undef;
+	my $e = $self->{callee};
+	$self->{to_tag} //= 'tt' . Tollgate::SIP::_rand();
+	$e->send($e->reply($fwd, $code, $o{reason} // $REASON{$code} // 'Answer', to_tag => $self->{to_tag},
+	    headers => $o{headers} // [], body => $o{body}));
+	my $r = $self->{caller}->take(call_id => $self->{call_id}, response => 1, status => $code,
+	    cseq => 'INVITE', timeout => $o{timeout} // 2);
+	$self->{early} = $r if $r && $code < 200;
+	if ($r && $code >= 200) {
+		$self->{resp} = $r;
+		$self->{ack_got} = $self->ack(timeout => $code < 300 ? 2 : 0) if $o{ack} // 1;
+	}
+	return $r;
+}
+
+# ack(timeout => S) — the caller ACKs the final response it got. Returns
+# the copy the callee got within timeout (default 1 s), or undef.
+sub ack {
+	my ($self, %o) = @_;
+	my $resp = $self->{resp} or return undef;
+	my $c = $self->{caller};
+	my $ack = $resp->status < 300 ? $self->in_dialog('caller', 'ACK', cseq => 1)
+	    : $c->ack_for($self->{req}, $resp);
+	$c->send($ack);
+	return $self->{callee}->take(call_id => $self->{call_id}, method => 'ACK', timeout => $o{timeout} // 1);
+}
+
+sub _bare {
+	my ($v) = @_;
+	$v //= '';
+	$v =~ s/;\s*tag=[^;]*//i;
+	return $v;
+}
+
+sub _contact_uri {
+	my ($m) = @_;
+	my $v = $m ? $m->header('contact') : undef;
+	return undef unless defined $v;
+	return $v =~ /<([^>]+)>/ ? $1 : (split /[;\s]/, $v)[0];
+}
+
+# in_dialog($side, $method, cseq => N, uri => URI, from_tag => TAG, to_tag
+# => TAG, build => {...}) — a request within the dialog from 'caller' or
+# 'callee': Call-ID, tags and URIs of the dialog, the remote target (the
+# other side's Contact) as Request-URI, the route set (tollgate's
+# Record-Route) as Route. Not sent.
+sub in_dialog {
+	my ($self, $side, $method, %o) = @_;
+	my $s = $self->{$side};
+	my $inv = $self->{req};
+	my ($from, $to) = (_bare($inv->header('from')), _bare($inv->header('to')));
+	my ($target, @route);
+	if ($side eq 'caller') {
+		my $r = $self->{resp} // $self->{early};
+		@route = reverse($r ? $r->header_values('record-route') : ());
+		$target = _contact_uri($r) // $inv->uri;
+	} else {
+		@route = $self->{fwd} ? $self->{fwd}->header_values('record-route') : ();
+		$target = _contact_uri($self->{fwd} // $inv);
+	}
+	my $cseq = $o{cseq} // ++$self->{cseq}{$side};
+	my %tags = $side eq 'caller'
+	    ? (from => $from, from_tag => $o{from_tag} // $self->{from_tag},
+	       to => $to, to_tag => $o{to_tag} // $self->{to_tag} // 'none')
+	    : (from => $to, from_tag => $o{from_tag} // $self->{to_tag} // 'none',
+	       to => $from, to_tag => $o{to_tag} // $self->{from_tag});
+	return $s->build(method => $method, uri => $o{uri} // $target, call_id => $self->{call_id},
+	    cseq => $cseq, %tags, headers => [ map { [ Route => $_ ] } @route ], %{ $o{build} // {} });
+}
+
+# request($side, $method, answer => CODE (200), timeout => S (2), request
+# => MSG, %in_dialog_options) — send an in-dialog request from 'caller' or
+# 'callee' (or the given one again: a retransmission); the other side
+# answers it when it gets it (not an ACK). Returns (final status the
+# sender got, 0 for none; the copy the other side got, or undef; the
+# request sent). An ACK waits the whole timeout for its copy.
+sub request {
+	my ($self, $side, $method, %o) = @_;
+	my $other = $side eq 'caller' ? 'callee' : 'caller';
+	my ($s, $t) = @$self{ $side, $other };
+	my $req = $o{request} // $self->in_dialog($side, $method, %o);
+	$method = $req->method;
+	$s->send($req);
+	my ($got, $resp);
+	my $deadline = Time::HiRes::time() + ($o{timeout} // 2);
+	while (!$resp && Time::HiRes::time() < $deadline) {
+		if (!$got && ($got = $t->take(call_id => $self->{call_id}, method => $method, timeout => 0.01))) {
+			last if $method eq 'ACK';
+			my $code = $o{answer} // 200;
+			$t->send($t->reply($got, $code, $REASON{$code} // 'Answer',
+			    to_tag => $got->tag_of('to') // 'x' . Tollgate::SIP::_rand()));
+		}
+		next if $method eq 'ACK';
+		$resp = $s->take(call_id => $self->{call_id}, response => 1, final => 1, cseq => $method,
+		    timeout => 0.01);
+	}
+	return ($resp ? $resp->status : 0, $got, $req);
+}
+
+# cancel(timeout => S) — the caller cancels the INVITE (its branch, no To
+# tag); the callee, if it gets the CANCEL, answers it 200 and the INVITE
+# 487, which the caller ACKs. Returns (status the caller got for the
+# CANCEL, for the INVITE; the CANCEL the callee got).
+sub cancel {
+	my ($self, %o) = @_;
+	my ($c, $e) = @$self{qw(caller callee)};
+	my $inv = $self->{req};
+	my $cancel = $c->build(method => 'CANCEL', uri => $inv->uri, call_id => $self->{call_id},
+	    from => _bare($inv->header('from')), from_tag => $self->{from_tag}, to => $inv->header('to'),
+	    cseq => 1, branch => $self->{branch});
+	$c->send($cancel);
+	my $got = $e->take(call_id => $self->{call_id}, method => 'CANCEL', timeout => $o{timeout} // 2);
+	my $ok = $c->take(call_id => $self->{call_id}, response => 1, final => 1, cseq => 'CANCEL',
+	    timeout => $got ? 0 : 0.2);
+	return ($ok ? $ok->status : 0, 0, undef) unless $got;
+	$self->{to_tag} //= 'tt' . Tollgate::SIP::_rand();
+	$e->send($e->reply($got, 200, 'OK', to_tag => $self->{to_tag}));
+	$ok //= $c->take(call_id => $self->{call_id}, response => 1, final => 1, cseq => 'CANCEL',
+	    timeout => $o{timeout} // 2);
+	my $r = $self->answer(487);
+	return ($ok ? $ok->status : 0, $r ? $r->status : 0, $got);
+}
+
+1;
