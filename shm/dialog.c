@@ -176,8 +176,7 @@ int shm_dialog_refuse(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_
 
 	if (atomic_load(&e->state) != w)
 		return 0;
-	/* normally nothing is held (a refused acquire gave it back); if a release gives up, the sweep
-	 * finishes */
+	/* normally nothing is held (a refused acquire gave it back); a release that gives up: the sweep */
 	shm_limits_release(lsh, REF_IDX(ref), REF_GEN(ref));
 	PUT(e->meta, META(code, 0, 0));
 	PUT(e->ended_s, (uint32_t)now_s);
@@ -257,7 +256,7 @@ int shm_dialog_end(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t r
 		if (atomic_compare_exchange_strong(&e->state, &w, SWORD(REF_GEN(ref), SHM_DS_ENDED))) {
 			set_reason(e, reason);
 			atomic_fetch_add(&sh->ends[reason], 1);
-			/* killed from here on, or giving up: the holder says what is left, the sweep finishes
+			/* killed from here on, or giving up: the holder says what is left; the sweep ends it
 			 */
 			shm_limits_release(lsh, REF_IDX(ref), REF_GEN(ref));
 			return 1;

@@ -190,7 +190,10 @@ shm_dialog_result_t shm_dialog_begin(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, 
  */
 shm_limit_result_t shm_dialog_acquire(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref,
                                       const shm_limit_req_t *reqs, int n, uint64_t now_ms, int *which);
-/* CLAIMED -> EARLY. Returns 1, or 0 when the dialog is no longer CLAIMED (swept): refuse the call. */
+/*
+ * CLAIMED -> EARLY. Returns 1, or 0 when the dialog is no longer CLAIMED:
+ * swept after claim_s, the sweep gives back what it held; refuse the call.
+ */
 int shm_dialog_commit(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, int64_t account, int64_t rule,
                       int direction);
 /* CLAIMED -> REFUSED with a SIP status to repeat; gives back anything held. 1, or 0 when not CLAIMED. */

@@ -328,9 +328,9 @@ int shm_limits_close(shm_limits_sh_t *sh, uint32_t holder, uint32_t gen)
 	for (int a = 0; a < SHM_LIMITS_RETRIES; a++) {
 		if (!W_EMPTY(w))
 			return 0;
+		/* never opened for gen (its owner died before opening it): closed by the owner before */
 		if (W_GEN(w) != (gen & GEN_MASK))
-			return (w & W_CLOSED) !=
-			       0; /* never opened for gen (its owner died first): fine if closed */
+			return (w & W_CLOSED) != 0;
 		if ((w & W_CLOSED) || atomic_compare_exchange_strong(hw, &w, w | W_CLOSED))
 			return 1;
 	}
@@ -559,8 +559,7 @@ static int take_channel(shm_limits_sh_t *sh, uint32_t entry, uint64_t ev, uint32
 			continue;
 		if (EV_HOLDER(EV(t)) == EV_DEAD)
 			return AGAIN;
-		/* at the instant released was read, c were in use: refuse only on that, never on a torn pair
-		 */
+		/* c were in use at the instant rl was read: refuse on that, never on a torn pair */
 		if (c >= max)
 			return SHM_LIMIT_CHANNELS;
 		w = atomic_load(hw);
@@ -574,21 +573,23 @@ static int take_channel(shm_limits_sh_t *sh, uint32_t entry, uint64_t ev, uint32
 }
 
 /*
- * rl still naming this slot is from an earlier hold of the same entry by
- * the same slot and generation (a call that looked again after giving
- * back its take): clear it, or the release of this hold would take it
- * for its own landing. Safe while the slot is PENDING: no release of it
- * can land then (give_back lands only for a RELEASING slot, and fails its
- * CAS if rl changes under it).
+ * Evidence naming this slot (holder, slot, generation) before it takes
+ * again is from an earlier hold of the same entry by the same slot (a
+ * call that looked again after giving its take back). In tk it can only
+ * be a take whose record was resolved away, an orphan: undo it. In rl it
+ * is an old landing: clear it, or this hold's release would take it for
+ * its own. Done while the slot is still NONE, so that no helper can
+ * mistake the old evidence for a take of the PENDING to come.
  */
-static int clear_stale_release(shm_limit_entry_sh_t *e, uint64_t ev)
+static int clear_stale(shm_limits_sh_t *sh, shm_limit_entry_sh_t *e, uint64_t ev)
 {
 	uint64_t r = atomic_load(&e->rl);
 
+	undo_take(sh, e, ev);
 	for (int a = 0; a < SHM_LIMITS_RETRIES && EV(r) == ev; a++)
 		if (atomic_compare_exchange_strong(&e->rl, &r, CWORD(COUNT(r), 0)))
-			return 1;
-	return EV(r) != ev;
+			break;
+	return EV(atomic_load(&e->tk)) != ev && EV(atomic_load(&e->rl)) != ev;
 }
 
 /*
@@ -605,11 +606,10 @@ static int take(shm_limits_sh_t *sh, uint32_t holder, uint32_t gen, int i, uint3
 	uint32_t pending = S_MAKE(PENDING, entry), max = max_channels(req);
 	int r, tok;
 
+	if (!clear_stale(sh, e, ev))
+		return SHM_LIMIT_BUSY;
 	if (!slot_cas(hw, gen, i, 0, pending, 1))
 		return SHM_LIMIT_LOST;
-	r = SHM_LIMIT_BUSY;
-	if (!clear_stale_release(e, ev))
-		goto resolve;
 	r = AGAIN;
 	if (atomic_load(&e->hdr) != (H_LIVE | key))
 		goto resolve;
@@ -681,8 +681,8 @@ shm_limit_result_t shm_limits_acquire(shm_limits_sh_t *sh, uint32_t holder, uint
 
 		if (r == SHM_LIMIT_OK)
 			continue;
-		/* all or nothing: give back what the keys before took; a release that gives up stays recorded
-		 */
+		/* all or nothing: give back what the keys before took (a release that gives up stays
+		 * recorded) */
 		for (int j = 0; j < i; j++) {
 			release_slot(sh, holder, gen, j);
 			refund_token(&sh->entry[entry[j]], &reqs[j]);

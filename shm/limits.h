@@ -64,25 +64,30 @@ enum shm_limit_kind {
  * (holder gen:19 | slot:1 | holder + 1:24); holder + 1 == 0 means none
  * (the upper bits then carry a stamp that makes each publish unique), and
  * all ones in the holder field, DEAD, marks a tk that takes no more (the
- * entry is being created or reclaimed; the upper bits of a created one
- * carry its claim time, s).
+ * entry is being reclaimed). While an entry is CLAIMED, tat_ns holds the
+ * claim time.
  *
- * Ordering rule (all accesses sequentially consistent):
+ * Ordering rule (all accesses sequentially consistent, but the metrics
+ * counters and the name: relaxed):
  *   - hdr: 0 -> CLAIMED(key) by CAS, only by a process whose scan of the
- *     key's whole window found no live slot of it; the claimer resets the
- *     other fields, validates against the home slot's ins as in
- *     shm/nonce.h (no other claim homed there validated since its scan),
- *     then publishes CLAIMED -> LIVE by CAS. A claim older than
+ *     key's whole window found no live slot of it; the claimer stores its
+ *     claim time, resets the counters, validates against the home slot's
+ *     ins as in shm/nonce.h (no other claim homed there validated since
+ *     its scan), then publishes CLAIMED -> LIVE by CAS. A claim older than
  *     SHM_LIMITS_CLAIM_MS, or a LIVE hdr whose tk is DEAD, is freed by any
  *     scanner (CAS to 0): the claimer died, or will fail its CAS.
  *   - reclaim: tk (taken == released, no evidence, bucket idle) -> DEAD
  *     by CAS, then hdr LIVE -> 0. Once DEAD nobody takes; a take seen
  *     in tk before is seen by the CAS.
- *   - a take by holder slot D: holder slot NONE -> PENDING(entry) by CAS;
- *     a CPS token (tat, CAS); then tk (t, E) -> (t + 1, D) by CAS, after
- *     helping E (below) and checking t - released < max and that D is
- *     still PENDING; then D PENDING -> HELD by CAS. If D was resolved
- *     meanwhile (NONE), the taker undoes its take: tk (t + 1, D) -> (t, none).
+ *   - a take by holder slot D: first any evidence naming D left in tk or
+ *     rl by an earlier hold of D is cleared (an orphan undone), while D is
+ *     still NONE; then D NONE -> PENDING(entry) by CAS; a CPS token (tat,
+ *     CAS); then tk (t, E) -> (t + 1, D) by CAS, after helping E (below)
+ *     and checking that D is still PENDING and that t - released < max,
+ *     released read between two reads of tk that agree (a refusal is
+ *     never made on a torn pair); then D PENDING -> HELD by CAS. If D was
+ *     resolved meanwhile (NONE), the taker undoes its take: tk (t + 1, D)
+ *     -> (t, none).
  *   - a release of D: D HELD -> RELEASING by CAS (one releaser wins); tk's
  *     evidence, if still D, -> none (no count change); then rl (r, E) ->
  *     (r + 1, D) by CAS after helping E and checking D is still RELEASING
@@ -108,11 +113,10 @@ enum shm_limit_kind {
  * leaves an orphan that the key's next take undoes (before it counts).
  */
 typedef struct shm_limit_entry_sh {
-	_Alignas(64) _Atomic uint64_t hdr; /* key and state, above; writer: workers, CAS */
-	_Atomic uint64_t tk;               /* taken | evidence; writer: workers, CAS */
-	_Atomic uint64_t rl;               /* released | evidence; writer: workers, CAS */
-	_Atomic uint64_t
-	        tat_ns; /* CPS bucket as GCRA: theoretical arrival time, ns of the caller clock; CAS */
+	_Alignas(64) _Atomic uint64_t hdr;  /* key and state, above; writer: workers, CAS */
+	_Atomic uint64_t tk;                /* taken | evidence; writer: workers, CAS */
+	_Atomic uint64_t rl;                /* released | evidence; writer: workers, CAS */
+	_Atomic uint64_t tat_ns;            /* CPS bucket (GCRA): theoretical arrival, ns; CAS */
 	_Atomic uint64_t calls_total;       /* calls admitted; writer: workers */
 	_Atomic uint64_t refusals_channels; /* calls refused here at max_channels; writer: workers */
 	_Atomic uint64_t refusals_cps;      /* calls refused here at max_cps; writer: workers */

@@ -385,6 +385,15 @@ static void test_limits_dead_holder(void)
 	       "... given back, and taken again");
 	shm_limits_release(t.l, 0, 30);
 	is_int(channels(t.l, SHM_LIMIT_ACCOUNT, 9), 0, "... and given back again");
+
+	/* an orphan naming the very slot that takes next (its undo gave up): not to be counted as its take */
+	shm_limits_open(t.l, 0, 40);
+	atomic_store(tk, CWORD(COUNT(atomic_load(tk)) + 1, EVID(0, 0, 40)));
+	is_int(shm_limits_acquire(t.l, 0, 40, &a, 1, M0, &which), SHM_LIMIT_OK,
+	       "a take by the slot an orphan names: OK");
+	is_int(channels(t.l, SHM_LIMIT_ACCOUNT, 9), 1, "... the orphan undone, the take counted once: 1");
+	shm_limits_release(t.l, 0, 40);
+	is_int(channels(t.l, SHM_LIMIT_ACCOUNT, 9), 0, "... released: 0");
 	is_int(atomic_load(&t.l->underflows), 0, "no underflow");
 	tables_free(&t);
 }
