@@ -111,6 +111,13 @@ $x->request('caller', 'ACK', cseq => $x->{cseq}{caller}, timeout => 0.5);
 ($st, $got) = $x->request('callee', 'INVITE');
 ok($got, 're-INVITE from the softswitch: reaches the customer');
 is($st, 200, '... and its 200 comes back');
+# a re-INVITE refused (491 Request Pending) is not the end of the call
+($st, $got) = $x->request('caller', 'INVITE', answer => 491);
+is($st, 491, 'a re-INVITE answered 491: the 491 comes back');
+$x->request('caller', 'ACK', cseq => $x->{cseq}{caller}, timeout => 0.5);
+is(series('tollgate_account_channels', account => 'dlg'), 1, '... and the call keeps its channel');
+($st, $got) = $x->request('callee', 'INVITE');
+ok($got && $st == 200, '... and goes on: a later re-INVITE passes');
 ($st, $got) = $x->request('caller', 'OPTIONS');
 ok($got && $st == 200, 'an in-dialog OPTIONS from the customer: forwarded, answered');
 is(series('tollgate_account_channels', account => 'dlg'), 1, 'still one channel: in-dialog requests take none');

@@ -299,6 +299,7 @@ void calls_cancel(worker_t *w, osip_message_t *msg)
 void calls_response(worker_t *w, osip_message_t *msg)
 {
 	shm_dialog_ref_t ref = 0;
+	shm_dialog_info_t info;
 
 	if (msg->cseq == NULL || msg->cseq->method == NULL || strcmp(msg->cseq->method, "INVITE") != 0 ||
 	    msg->status_code < 200)
@@ -306,8 +307,17 @@ void calls_response(worker_t *w, osip_message_t *msg)
 	/* the caller's tag is the From tag of every response to its INVITE */
 	if (shm_dialog_find(w->c->shm->dialogs, key_of(w, msg, tag_of(msg->from)), &ref) != SHM_DIALOG_EXISTS)
 		return;
-	if (msg->status_code < 300)
+	if (msg->status_code < 300) {
 		shm_dialog_confirm(w->c->shm->dialogs, ref, now_s());
-	else if (shm_dialog_end(w->c->shm->dialogs, w->c->shm->limits, ref, SHM_DE_REJECTED, now_s()))
+		return;
+	}
+	/*
+	 * A failure ends the call only while it is not answered: once
+	 * confirmed, a non-2xx to an INVITE answers a re-INVITE (491, 488...),
+	 * and the call goes on.
+	 */
+	if (!shm_dialog_read(w->c->shm->dialogs, w->c->shm->limits, ref, &info) || info.state != SHM_DS_EARLY)
+		return;
+	if (shm_dialog_end(w->c->shm->dialogs, w->c->shm->limits, ref, SHM_DE_REJECTED, now_s()))
 		log_ended(w, ref, sip_call_id(msg), SHM_DE_REJECTED);
 }
