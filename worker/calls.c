@@ -42,15 +42,6 @@ static uint64_t now_s(void)
 	return tg_now_ms() / 1000;
 }
 
-static const char *tag_of(osip_from_t *f)
-{
-	osip_generic_param_t *tag = NULL;
-
-	if (f == NULL || osip_from_get_tag(f, &tag) != 0 || tag == NULL)
-		return NULL;
-	return tag->gvalue;
-}
-
 static uint64_t key_of(worker_t *w, osip_message_t *msg, const char *tag)
 {
 	const char *cid = sip_call_id(msg);
@@ -62,7 +53,7 @@ static uint64_t key_of(worker_t *w, osip_message_t *msg, const char *tag)
 /* The dialog of an in-dialog request or a response: by the From tag, then the To tag. */
 static int find(worker_t *w, osip_message_t *msg, shm_dialog_ref_t *ref)
 {
-	const char *ft = tag_of(msg->from), *tt = tag_of(msg->to);
+	const char *ft = sip_tag_of(msg->from), *tt = sip_tag_of(msg->to);
 
 	if (ft != NULL && shm_dialog_find(w->c->shm->dialogs, key_of(w, msg, ft), ref) == SHM_DIALOG_EXISTS)
 		return 1;
@@ -208,7 +199,7 @@ int calls_admit(worker_t *w, const pkt_t *p, osip_message_t *msg, const snap_acc
 	uint64_t now = now_s();
 	shm_limit_result_t lr;
 
-	switch (shm_dialog_begin(dh, lh, key_of(w, msg, tag_of(msg->from)), now, &ref)) {
+	switch (shm_dialog_begin(dh, lh, key_of(w, msg, sip_tag_of(msg->from)), now, &ref)) {
 	case SHM_DIALOG_NEW:
 		break;
 	case SHM_DIALOG_EXISTS:
@@ -290,7 +281,7 @@ void calls_cancel(worker_t *w, osip_message_t *msg)
 {
 	shm_dialog_ref_t ref = 0;
 
-	if (shm_dialog_find(w->c->shm->dialogs, key_of(w, msg, tag_of(msg->from)), &ref) ==
+	if (shm_dialog_find(w->c->shm->dialogs, key_of(w, msg, sip_tag_of(msg->from)), &ref) ==
 	            SHM_DIALOG_EXISTS &&
 	    shm_dialog_end(w->c->shm->dialogs, w->c->shm->limits, ref, SHM_DE_CANCEL, now_s()))
 		log_ended(w, ref, sip_call_id(msg), SHM_DE_CANCEL);
@@ -305,7 +296,8 @@ void calls_response(worker_t *w, osip_message_t *msg)
 	    msg->status_code < 200)
 		return;
 	/* the caller's tag is the From tag of every response to its INVITE */
-	if (shm_dialog_find(w->c->shm->dialogs, key_of(w, msg, tag_of(msg->from)), &ref) != SHM_DIALOG_EXISTS)
+	if (shm_dialog_find(w->c->shm->dialogs, key_of(w, msg, sip_tag_of(msg->from)), &ref) !=
+	    SHM_DIALOG_EXISTS)
 		return;
 	if (msg->status_code < 300) {
 		shm_dialog_confirm(w->c->shm->dialogs, ref, now_s());

@@ -71,21 +71,18 @@ const char *sip_call_id(const osip_message_t *msg)
 	return buf;
 }
 
-static int has_to_tag(osip_message_t *msg)
-{
-	osip_generic_param_t *tag = NULL;
-
-	return msg->to != NULL && osip_to_get_tag(msg->to, &tag) == 0 && tag != NULL && tag->gvalue != NULL;
-}
-
-/* The tag of a From or To, or NULL. */
-static const char *tag_of(osip_from_t *f)
+const char *sip_tag_of(osip_from_t *f)
 {
 	osip_generic_param_t *tag = NULL;
 
 	if (f == NULL || osip_from_get_tag(f, &tag) != 0 || tag == NULL)
 		return NULL;
 	return tag->gvalue;
+}
+
+static int has_to_tag(osip_message_t *msg)
+{
+	return sip_tag_of(msg->to) != NULL;
 }
 
 /* Branch = prefix + keyed hash of what a response and a CANCEL or non-2xx ACK repeat from the request. */
@@ -497,7 +494,8 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 	 * token seen on the wire is no use to anyone else.
 	 */
 	if (!initial && token[0] != '\0' && !MSG_IS_REGISTER(msg) && !MSG_IS_PUBLISH(msg) &&
-	    auth_token_check(w, token, sip_call_id(msg), tag_of(msg->from), tag_of(msg->to), &t) == 0 &&
+	    auth_token_check(w, token, sip_call_id(msg), sip_tag_of(msg->from), sip_tag_of(msg->to), &t) ==
+	            0 &&
 	    t.kind == 'D' && tg_ip_cmp(&t.ip, &p->src_ip) == 0) {
 		/*
 		 * In a dialog that passed digest (or reached a registered device): no
@@ -519,7 +517,7 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 		 * on like a CANCEL: our branch covers its source address, so it
 		 * matches only a transaction that came from there.
 		 */
-		if (reply_tag_is_ours(w, msg, tag_of(msg->to)))
+		if (reply_tag_is_ours(w, msg, sip_tag_of(msg->to)))
 			worker_count(w, SHM_M_ACK, SHM_O_DROPPED);
 		else if (calls_in_dialog(w, p, msg) == CALLS_PASS)
 			to_downstream(w, p, msg, NULL, NULL, NULL);
@@ -547,7 +545,7 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 	osip_message_set_header(msg, cfg->user_header, id.user_name);
 	rr[0] = '\0';
 	if (initial && auth_token_make(w, 'D', &p->src_ip, p->src_port, id.account, sip_call_id(msg),
-	                               tag_of(msg->from), rr, sizeof rr) < 0)
+	                               sip_tag_of(msg->from), rr, sizeof rr) < 0)
 		rr[0] = '\0';
 	tg_log(TG_LOG_DEBUG, 0, "digest_accepted", "src=%s method=%s call_id=%s account=%s user=%s",
 	       p->srcstr, msg->sip_method, sip_call_id(msg), id.account->name, id.user_name);
@@ -665,8 +663,8 @@ static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	pop_our_routes(w, msg, token, sizeof token);
 	remove_header(msg, w->c->cfg.account_header);
 	remove_header(msg, w->c->cfg.user_header);
-	if (token[0] != '\0' &&
-	    auth_token_check(w, token, sip_call_id(msg), tag_of(msg->from), tag_of(msg->to), &t) == 0) {
+	if (token[0] != '\0' && auth_token_check(w, token, sip_call_id(msg), sip_tag_of(msg->from),
+	                                         sip_tag_of(msg->to), &t) == 0) {
 		/* a registered device (Path) or a digest dialog: where its requests really come from */
 		tg_ip_to_sockaddr(&t.ip, t.port, &dst, &dstlen);
 		if (initial && MSG_IS_INVITE(msg)) {
@@ -677,7 +675,7 @@ static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		}
 		rr[0] = '\0';
 		if (initial && auth_token_make(w, 'D', &t.ip, t.port, t.account, sip_call_id(msg),
-		                               tag_of(msg->from), rr, sizeof rr) < 0)
+		                               sip_tag_of(msg->from), rr, sizeof rr) < 0)
 			rr[0] = '\0';
 		forward_request(w, p, msg, (struct sockaddr *)&dst, dstlen, NULL, rr[0] ? rr : NULL, NULL);
 		return;

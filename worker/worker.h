@@ -40,6 +40,8 @@ typedef struct pkt {
 void sip_handle(worker_t *w, pkt_t *p);
 int sip_method_index(const char *method);
 const char *sip_call_id(const osip_message_t *msg);
+/* The tag parameter of a From or To header, or NULL. */
+const char *sip_tag_of(osip_from_t *f);
 void sip_refresh_config(worker_t *w);
 
 /* reply.c: answers made by tollgate itself, sent back to the packet's source. */
