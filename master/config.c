@@ -747,7 +747,7 @@ static int parse_early_timeout_s(cfg_parse_t *p, yaml_node_t *n, const char *key
 
 static int parse_max_duration_s(cfg_parse_t *p, yaml_node_t *n, const char *key)
 {
-	return set_u32(p, n, key, 1, 604800, &p->cfg->max_duration_s);
+	return set_u32(p, n, key, 0, 604800, &p->cfg->max_duration_s);
 }
 
 static int parse_linger_s(cfg_parse_t *p, yaml_node_t *n, const char *key)
@@ -1245,7 +1245,7 @@ void tg_config_defaults(tg_config_t *cfg)
 	cfg->cap_failures = 65536;
 	cfg->cap_dialogs = 65536;
 	cfg->cap_limit_keys = 65536;
-	cfg->early_timeout_s = 32; /* RFC 3261 Timer B / F: 64 * T1 */
+	cfg->early_timeout_s = 180; /* RFC 3261 Timer C (more than 3 minutes), restarted by every 1xx */
 	cfg->max_duration_s = 14400;
 	cfg->linger_s = 32;
 	cfg->retry_after_s = 5;

@@ -241,8 +241,9 @@ int shm_dialog_confirm(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, uint64_t now_s
 	return atomic_compare_exchange_strong(&e->state, &w, SWORD(REF_GEN(ref), SHM_DS_CONFIRMED));
 }
 
-int shm_dialog_end(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, int reason,
-                   uint64_t now_s)
+/* EARLY (and CONFIRMED when confirmed_too) -> ENDED; see shm_dialog_end(). */
+static int end_from(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, int reason,
+                    uint64_t now_s, int confirmed_too)
 {
 	shm_dialog_entry_sh_t *e = &sh->entry[REF_IDX(ref)];
 	uint64_t w = atomic_load(&e->state);
@@ -250,7 +251,8 @@ int shm_dialog_end(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t r
 	assert(reason >= 0 && reason < SHM_DE_COUNT);
 	/* EARLY may become CONFIRMED under us, once: the loop runs at most twice before ENDED */
 	for (int a = 0; a < SHM_DIALOG_RETRIES; a++) {
-		if (GEN(w) != REF_GEN(ref) || (ST(w) != SHM_DS_EARLY && ST(w) != SHM_DS_CONFIRMED))
+		if (GEN(w) != REF_GEN(ref) ||
+		    (ST(w) != SHM_DS_EARLY && (!confirmed_too || ST(w) != SHM_DS_CONFIRMED)))
 			return 0;
 		PUT(e->ended_s, (uint32_t)now_s);
 		if (atomic_compare_exchange_strong(&e->state, &w, SWORD(REF_GEN(ref), SHM_DS_ENDED))) {
@@ -263,6 +265,28 @@ int shm_dialog_end(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t r
 		}
 	}
 	return 0;
+}
+
+int shm_dialog_end(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, int reason,
+                   uint64_t now_s)
+{
+	return end_from(sh, lsh, ref, reason, now_s, 1);
+}
+
+int shm_dialog_fail(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, int reason,
+                    uint64_t now_s)
+{
+	return end_from(sh, lsh, ref, reason, now_s, 0);
+}
+
+void shm_dialog_ring(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, uint64_t now_s)
+{
+	shm_dialog_entry_sh_t *e = &sh->entry[REF_IDX(ref)];
+	uint64_t w = atomic_load(&e->state);
+
+	/* a store, not a CAS: the sweep racing it ends a call that rang at the very last second, at worst */
+	if (GEN(w) == REF_GEN(ref) && ST(w) == SHM_DS_EARLY)
+		PUT(e->created_s, (uint32_t)now_s);
 }
 
 int shm_dialog_read(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, shm_dialog_info_t *out)

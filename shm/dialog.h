@@ -162,7 +162,7 @@ typedef struct shm_dialog_info {
 
 /* What the sweep does, in seconds of the caller clock. */
 typedef struct shm_dialog_timeouts {
-	uint32_t early_s;        /* EARLY this long (since created): ended (32, Timer B) */
+	uint32_t early_s;        /* EARLY this long (since created, or its last 1xx): ended (180, Timer C) */
 	uint32_t max_duration_s; /* CONFIRMED this long (since answered): ended; 0 = never */
 	uint32_t linger_s;       /* ENDED or REFUSED this long: freed (32 covers Timer J and H) */
 	uint32_t claim_s;        /* CLAIMED this long: its worker died; ended (e.g. 5) */
@@ -213,6 +213,15 @@ int shm_dialog_confirm(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, uint64_t now_s
  */
 int shm_dialog_end(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, int reason,
                    uint64_t now_s);
+/*
+ * EARLY -> ENDED only: a final failure to the INVITE that opened the
+ * dialog. Once CONFIRMED a failure answers a re-INVITE and ends nothing;
+ * the one CAS decides, so a 2xx confirming at the same instant wins.
+ */
+int shm_dialog_fail(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, int reason,
+                    uint64_t now_s);
+/* A provisional response: an EARLY dialog's early timer starts again (RFC 3261 Timer C). */
+void shm_dialog_ring(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, uint64_t now_s);
 /* A copy of ref's entry: 1, or 0 when the slot no longer holds that dialog. */
 int shm_dialog_read(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, shm_dialog_info_t *out);
 

@@ -118,6 +118,13 @@ $x->request('caller', 'ACK', cseq => $x->{cseq}{caller}, timeout => 0.5);
 is(series('tollgate_account_channels', account => 'dlg'), 1, '... and the call keeps its channel');
 ($st, $got) = $x->request('callee', 'INVITE');
 ok($got && $st == 200, '... and goes on: a later re-INVITE passes');
+
+# a BYE the softswitch refuses (say 481: not its dialog) is not the end of the call
+($st, $got) = $x->request('caller', 'BYE', answer => 481);
+is($st, 481, 'a BYE the softswitch answers 481: the 481 comes back');
+($st, $got) = $x->request('caller', 'BYE', answer => 403);
+is($st, 403, '... and one it answers 403');
+is(series('tollgate_account_channels', account => 'dlg'), 1, '... the call keeps its channel: a BYE ends it when answered 2xx');
 ($st, $got) = $x->request('caller', 'OPTIONS');
 ok($got && $st == 200, 'an in-dialog OPTIONS from the customer: forwarded, answered');
 is(series('tollgate_account_channels', account => 'dlg'), 1, 'still one channel: in-dialog requests take none');
@@ -204,7 +211,18 @@ is(scalar(grep { ($_->{call_id} // '') eq $x->call_id } $t->log_events('dialog_e
 	cmp_ok($after, '>', $before, 'metrics: tollgate_dialogs_expired_total{reason="early"} went up');
 	my $z = $c->dial($ss);
 	ok($z->forwarded, '... and a new call passes');
+
+	# each provisional response starts the early timer again (Timer C): a
+	# call that keeps ringing (or sits in a 183 queue) keeps its channel
+	my $rang = 0;
+	for my $i (1 .. 12) {
+		$rang++ if $z->answer(180, timeout => 0.3);
+		Time::HiRes::sleep(0.25);
+	}
+	cmp_ok($rang, '>=', 10, 'slow: a 180 every quarter second, past early_timeout_s');
+	is(series('tollgate_account_channels', account => 'slow'), 1, '... the ringing call keeps its channel');
 	$z->answer(486);
+	is(wait_series(0, 'tollgate_account_channels', account => 'slow'), 0, '... until its 486');
 }
 
 my $m = $t->metrics;

@@ -35,8 +35,6 @@
 #include "worker/calls.h"
 #include "worker/sdp.h"
 
-#define SDP_OUT_MAX 8192
-
 static uint64_t now_s(void)
 {
 	return tg_now_ms() / 1000;
@@ -146,44 +144,52 @@ static int codec_restricted(void *arg, const char *name, size_t len)
 	return snap_account_codec_restricted(c->v, c->a, name, len);
 }
 
+int calls_codecs(worker_t *w, const pkt_t *p, osip_message_t *msg, const snap_account_sh_t *a)
+{
+	osip_body_t *body = NULL;
+	codec_ctx_t ctx = {&w->snap, a};
+	size_t outlen = 0;
+	char *out;
+	int rc;
+
+	if (snap_account_ncodecs(&w->snap, a) == 0 || osip_message_get_body(msg, 0, &body) != 0 ||
+	    body == NULL || body->body == NULL || body->length == 0)
+		return CALLS_PASS;
+	/* filtering only removes: the input's length is room enough */
+	out = osip_malloc(body->length + 1);
+	if (out == NULL)
+		return CALLS_PASS;
+	rc = sdp_filter_codecs(body->body, body->length, codec_restricted, &ctx, out, body->length, &outlen);
+	if (rc == SDP_NO_CODEC) {
+		tg_refusal_t r = {488, "Not Acceptable Here"};
+		osip_free(out);
+		refuse(w, p, msg, SHM_R_NO_CODEC, &r, a->name, NULL);
+		return CALLS_ANSWERED;
+	}
+	if (rc != SDP_CHANGED) {
+		osip_free(out);
+		return CALLS_PASS;
+	}
+	out[outlen] = '\0';
+	osip_free(body->body);
+	body->body = out;
+	body->length = outlen;
+	/* libosip2 writes Content-Length from the bodies when re-serialising */
+	osip_content_length_free(msg->content_length);
+	msg->content_length = NULL;
+	return CALLS_PASS;
+}
+
 int calls_policy(worker_t *w, const pkt_t *p, osip_message_t *msg, const snap_account_sh_t *a)
 {
 	const tg_config_t *cfg = &w->c->cfg;
 	const char *user = msg->req_uri && msg->req_uri->username ? msg->req_uri->username : "";
-	osip_body_t *body = NULL;
-	char out[SDP_OUT_MAX];
-	size_t outlen = 0;
-	codec_ctx_t ctx = {&w->snap, a};
-	int rc;
 
 	if (!snap_account_destination_allowed(&w->snap, a, user, strlen(user))) {
 		refuse(w, p, msg, SHM_R_DESTINATION_DENIED, &cfg->refuse_destination, a->name, NULL);
 		return CALLS_ANSWERED;
 	}
-	if (snap_account_ncodecs(&w->snap, a) == 0 || osip_message_get_body(msg, 0, &body) != 0 ||
-	    body == NULL || body->body == NULL)
-		return CALLS_PASS;
-	rc = sdp_filter_codecs(body->body, body->length, codec_restricted, &ctx, out, sizeof out, &outlen);
-	if (rc == SDP_NO_CODEC) {
-		tg_refusal_t r = {488, "Not Acceptable Here"};
-		refuse(w, p, msg, SHM_R_NO_CODEC, &r, a->name, NULL);
-		return CALLS_ANSWERED;
-	}
-	if (rc == SDP_CHANGED) {
-		osip_free(body->body);
-		body->body = osip_malloc(outlen + 1);
-		if (body->body == NULL) {
-			body->length = 0;
-			return CALLS_PASS;
-		}
-		memcpy(body->body, out, outlen);
-		body->body[outlen] = '\0';
-		body->length = outlen;
-		/* libosip2 writes Content-Length from the bodies when re-serialising */
-		osip_content_length_free(msg->content_length);
-		msg->content_length = NULL;
-	}
-	return CALLS_PASS;
+	return calls_codecs(w, p, msg, a);
 }
 
 int calls_admit(worker_t *w, const pkt_t *p, osip_message_t *msg, const snap_account_sh_t *a,
@@ -271,45 +277,56 @@ int calls_in_dialog(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		reply_send(w, p, msg, 481, "Call/Transaction Does Not Exist");
 		return CALLS_ANSWERED;
 	}
-	if (MSG_IS_BYE(msg) &&
-	    shm_dialog_end(w->c->shm->dialogs, w->c->shm->limits, ref, SHM_DE_BYE, now_s()))
-		log_ended(w, ref, sip_call_id(msg), SHM_DE_BYE);
 	return CALLS_PASS;
-}
-
-void calls_cancel(worker_t *w, osip_message_t *msg)
-{
-	shm_dialog_ref_t ref = 0;
-
-	if (shm_dialog_find(w->c->shm->dialogs, key_of(w, msg, sip_tag_of(msg->from)), &ref) ==
-	            SHM_DIALOG_EXISTS &&
-	    shm_dialog_end(w->c->shm->dialogs, w->c->shm->limits, ref, SHM_DE_CANCEL, now_s()))
-		log_ended(w, ref, sip_call_id(msg), SHM_DE_CANCEL);
 }
 
 void calls_response(worker_t *w, osip_message_t *msg)
 {
+	shm_dialog_sh_t *dh = w->c->shm->dialogs;
+	shm_limits_sh_t *lh = w->c->shm->limits;
 	shm_dialog_ref_t ref = 0;
-	shm_dialog_info_t info;
+	const char *method = msg->cseq ? msg->cseq->method : NULL;
+	int code = msg->status_code, reason;
 
-	if (msg->cseq == NULL || msg->cseq->method == NULL || strcmp(msg->cseq->method, "INVITE") != 0 ||
-	    msg->status_code < 200)
+	if (method == NULL || code < 100)
+		return;
+	if (strcmp(method, "BYE") == 0) {
+		/*
+		 * A BYE ends the call when it is answered 2xx. Not on the request: a
+		 * customer could free its channel with a BYE the softswitch refuses
+		 * while the call goes on. Not on a 481 or 408 either, though RFC 3261
+		 * 12.2.1.2 ends the dialog then: the table knows the dialog by its
+		 * Call-ID and one tag, so a BYE with a made-up To tag would draw a
+		 * 481 for a call that lives on; a call whose softswitch side is
+		 * really gone ends by calls.max_duration_s. Sent by either side: its
+		 * From tag is the caller's or the callee's, and find() tries both.
+		 */
+		if (code >= 200 && code < 300 && find(w, msg, &ref) &&
+		    shm_dialog_end(dh, lh, ref, SHM_DE_BYE, now_s()))
+			log_ended(w, ref, sip_call_id(msg), SHM_DE_BYE);
+		return;
+	}
+	if (strcmp(method, "INVITE") != 0)
 		return;
 	/* the caller's tag is the From tag of every response to its INVITE */
-	if (shm_dialog_find(w->c->shm->dialogs, key_of(w, msg, sip_tag_of(msg->from)), &ref) !=
-	    SHM_DIALOG_EXISTS)
+	if (shm_dialog_find(dh, key_of(w, msg, sip_tag_of(msg->from)), &ref) != SHM_DIALOG_EXISTS)
 		return;
-	if (msg->status_code < 300) {
-		shm_dialog_confirm(w->c->shm->dialogs, ref, now_s());
+	if (code < 200) {
+		shm_dialog_ring(dh, ref, now_s());
+		return;
+	}
+	if (code < 300) {
+		shm_dialog_confirm(dh, ref, now_s());
 		return;
 	}
 	/*
-	 * A failure ends the call only while it is not answered: once
-	 * confirmed, a non-2xx to an INVITE answers a re-INVITE (491, 488...),
-	 * and the call goes on.
+	 * A failure ends the call only while it is unanswered (one CAS from
+	 * EARLY): once confirmed, a non-2xx to an INVITE answers a re-INVITE
+	 * (491, 488...) and the call goes on. A CANCEL ends it here too, by the
+	 * 487 it brings: on the CANCEL itself, one the softswitch does not match
+	 * (another branch, or crossing the 200) would free a live call's channel.
 	 */
-	if (!shm_dialog_read(w->c->shm->dialogs, w->c->shm->limits, ref, &info) || info.state != SHM_DS_EARLY)
-		return;
-	if (shm_dialog_end(w->c->shm->dialogs, w->c->shm->limits, ref, SHM_DE_REJECTED, now_s()))
-		log_ended(w, ref, sip_call_id(msg), SHM_DE_REJECTED);
+	reason = code == 487 ? SHM_DE_CANCEL : SHM_DE_REJECTED;
+	if (shm_dialog_fail(dh, lh, ref, reason, now_s()))
+		log_ended(w, ref, sip_call_id(msg), reason);
 }

@@ -24,8 +24,8 @@ int calls_admit(worker_t *w, const pkt_t *p, osip_message_t *msg, const snap_acc
                 const snap_rule_sh_t *rule, int direction);
 /* An in-dialog request (To tag): must match a dialog (481 / ACK dropped); a BYE ends it. */
 int calls_in_dialog(worker_t *w, const pkt_t *p, osip_message_t *msg);
-/* A CANCEL from an authenticated sender ends the dialog of its INVITE. */
-void calls_cancel(worker_t *w, osip_message_t *msg);
+/* The restricted codecs alone, for an offer in a re-INVITE or UPDATE. */
+int calls_codecs(worker_t *w, const pkt_t *p, osip_message_t *msg, const snap_account_sh_t *a);
 /* A response being relayed: a final answer to an INVITE confirms or ends its dialog. */
 void calls_response(worker_t *w, osip_message_t *msg);
 /* "failed", "cancelled", "bye", "expired_early", "expired_duration", ... for dialog_ended. */

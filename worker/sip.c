@@ -504,6 +504,9 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 		 */
 		if (calls_in_dialog(w, p, msg) != CALLS_PASS)
 			return;
+		if ((MSG_IS_INVITE(msg) || MSG_IS_UPDATE(msg)) &&
+		    calls_codecs(w, p, msg, t.account) != CALLS_PASS)
+			return;
 		atomic_fetch_add_explicit(&w->stats->digest[SHM_D_DIALOG], 1, memory_order_relaxed);
 		osip_message_set_header(msg, cfg->account_header, t.account->name);
 		to_downstream(w, p, msg, t.account->name, NULL, NULL);
@@ -538,8 +541,12 @@ static void from_digest(worker_t *w, const pkt_t *p, osip_message_t *msg, const 
 		if (calls_policy(w, p, msg, id.account) != CALLS_PASS ||
 		    calls_admit(w, p, msg, id.account, NULL, SHM_DIALOG_INGRESS) != CALLS_PASS)
 			return;
-	} else if (!initial && calls_in_dialog(w, p, msg) != CALLS_PASS) {
-		return;
+	} else if (!initial) {
+		if (calls_in_dialog(w, p, msg) != CALLS_PASS)
+			return;
+		if ((MSG_IS_INVITE(msg) || MSG_IS_UPDATE(msg)) &&
+		    calls_codecs(w, p, msg, id.account) != CALLS_PASS)
+			return;
 	}
 	osip_message_set_header(msg, cfg->account_header, id.account->name);
 	osip_message_set_header(msg, cfg->user_header, id.user_name);
@@ -610,8 +617,10 @@ static void from_customer(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	} else if (!initial) {
 		if (calls_in_dialog(w, p, msg) != CALLS_PASS)
 			return;
-	} else if (MSG_IS_CANCEL(msg)) {
-		calls_cancel(w, msg);
+		/* a new offer in the call: the codec policy holds there too */
+		if ((MSG_IS_INVITE(msg) || MSG_IS_UPDATE(msg)) &&
+		    calls_codecs(w, p, msg, mt.account) != CALLS_PASS)
+			return;
 	}
 	to_downstream(w, p, msg, mt.account->name, NULL, mt.account);
 }
@@ -703,9 +712,7 @@ static void from_downstream(worker_t *w, const pkt_t *p, osip_message_t *msg)
 	if (!initial) {
 		if (calls_in_dialog(w, p, msg) != CALLS_PASS)
 			return;
-	} else if (MSG_IS_CANCEL(msg)) {
-		calls_cancel(w, msg);
-	} else if (!MSG_IS_ACK(msg)) {
+	} else if (!MSG_IS_ACK(msg) && !MSG_IS_CANCEL(msg)) {
 		snap_match_t mt = {0};
 
 		if (egress_allowed(w, p, msg, &dst, &mt) < 0)

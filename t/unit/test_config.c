@@ -318,7 +318,7 @@ static void test_calls(void)
 	is_int(rc, 0, "no calls section");
 	is_int(cfg.cap_dialogs, 65536, "default capacity.dialogs");
 	is_int(cfg.cap_limit_keys, 65536, "default capacity.limit_keys");
-	is_int(cfg.early_timeout_s, 32, "default calls.early_timeout_s (64 x T1)");
+	is_int(cfg.early_timeout_s, 180, "default calls.early_timeout_s (Timer C, restarted by each 1xx)");
 	is_int(cfg.max_duration_s, 14400, "default calls.max_duration_s");
 	is_int(cfg.linger_s, 32, "default calls.linger_s");
 	is_int(cfg.retry_after_s, 5, "default calls.retry_after_s");
