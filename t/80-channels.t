@@ -118,6 +118,9 @@ my %expect_end;	# call_id => [account, reason, what]: checked at the end, once e
 	    'metrics: tollgate_account_calls_total{account="five"} 5');
 	is(series('tollgate_account_refusals_total', account => 'five', limit => 'channels'), 5,
 	    'metrics: tollgate_account_refusals_total{account="five",limit="channels"} 5');
+	# sipp ACKed each 503: the ACK of tollgate's own refusal is no refusal of anyone's
+	is(series('tollgate_refusals_total', reason => 'no_dialog') // 0, 0,
+	    '... and the ACKs of the five 503s count as no no_dialog refusal');
 	for my $state (qw(early confirmed ended refused)) {
 		ok(defined series('tollgate_dialogs', state => $state),
 		    "metrics: tollgate_dialogs{state=\"$state\"} is exported");

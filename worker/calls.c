@@ -266,6 +266,11 @@ int calls_in_dialog(worker_t *w, const pkt_t *p, osip_message_t *msg)
 		return CALLS_PASS;
 	if (!find(w, msg, &ref) || !shm_dialog_read(w->c->shm->dialogs, w->c->shm->limits, ref, &info) ||
 	    info.state == SHM_DS_REFUSED) {
+		if (MSG_IS_ACK(msg) && reply_tag_is_ours(w, msg, sip_tag_of(msg->to))) {
+			/* the ACK of our own refusal: it ends here, and is no fault of anyone's */
+			worker_count(w, SHM_M_ACK, SHM_O_DROPPED);
+			return CALLS_ANSWERED;
+		}
 		worker_refusal(w, SHM_R_NO_DIALOG);
 		if (MSG_IS_ACK(msg)) {
 			worker_count(w, SHM_M_ACK, SHM_O_DROPPED);
