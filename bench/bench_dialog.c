@@ -93,7 +93,7 @@ static int lf_new_call(lf_t *t, uint64_t key, shm_dialog_ref_t *ref)
 
 	return shm_dialog_begin(t->d, t->l, key, T0, ref) == SHM_DIALOG_NEW &&
 	       shm_dialog_acquire(t->d, t->l, *ref, reqs, 2, M0, &which) == SHM_LIMIT_OK &&
-	       shm_dialog_commit(t->d, *ref, 1, 2, SHM_DIALOG_INGRESS);
+	       shm_dialog_commit(t->d, *ref, 1, 2, SHM_DIALOG_INGRESS, 0);
 }
 
 /* ns per new call, per find, per end; *failures counts calls that did not go through */
@@ -391,7 +391,7 @@ static void lf_worker(lf_t *t, duel_t *g, int me)
 			 */
 			atomic_fetch_add(lr == SHM_LIMIT_BUSY ? &g->refused : &g->failures, 1);
 			shm_dialog_abandon(t->d, t->l, ref, T0);
-		} else if (!shm_dialog_commit(t->d, ref, 1, 2, SHM_DIALOG_INGRESS) ||
+		} else if (!shm_dialog_commit(t->d, ref, 1, 2, SHM_DIALOG_INGRESS, 0) ||
 		           shm_dialog_find(t->d, key, &f) != SHM_DIALOG_EXISTS ||
 		           !shm_dialog_end(t->d, t->l, ref, SHM_DE_BYE, T0)) {
 			atomic_fetch_add(&g->failures, 1);

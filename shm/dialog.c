@@ -155,7 +155,8 @@ shm_limit_result_t shm_dialog_acquire(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh,
 	return shm_limits_acquire(lsh, REF_IDX(ref), REF_GEN(ref), reqs, n, now_ms, which);
 }
 
-int shm_dialog_commit(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, int64_t account, int64_t rule, int direction)
+int shm_dialog_commit(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, int64_t account, int64_t rule, int direction,
+                      uint16_t txn)
 {
 	shm_dialog_entry_sh_t *e = &sh->entry[REF_IDX(ref)];
 	uint64_t w = SWORD(REF_GEN(ref), SHM_DS_CLAIMED);
@@ -164,7 +165,7 @@ int shm_dialog_commit(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, int64_t account
 		return 0;
 	PUT(e->account, account);
 	PUT(e->rule, rule);
-	PUT(e->meta, META(0, 0, direction));
+	PUT(e->meta, META(txn, 0, direction)); /* the code field: free until a refusal, which never follows */
 	return atomic_compare_exchange_strong(&e->state, &w, SWORD(REF_GEN(ref), SHM_DS_EARLY));
 }
 
@@ -305,7 +306,8 @@ int shm_dialog_read(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t 
 	meta = GET(e->meta);
 	out->direction = (uint8_t)meta;
 	out->reason = (uint8_t)(meta >> 8);
-	out->code = (uint16_t)(meta >> 16);
+	out->code = ST(w) == SHM_DS_REFUSED ? (uint16_t)(meta >> 16) : 0;
+	out->txn = ST(w) == SHM_DS_REFUSED ? 0 : (uint16_t)(meta >> 16);
 	out->nheld = shm_limits_held(lsh, REF_IDX(ref), REF_GEN(ref), out->held);
 	w = atomic_load(&e->state);
 	out->state = (uint32_t)ST(w);

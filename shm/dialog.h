@@ -156,6 +156,7 @@ typedef struct shm_dialog_info {
 	uint8_t direction; /* enum shm_dialog_direction */
 	uint8_t reason;    /* enum shm_dialog_reason, once ENDED */
 	uint16_t code;     /* the SIP status refused with, once REFUSED */
+	uint16_t txn;      /* the committer's fingerprint of the opening INVITE (its CSeq); 0 when REFUSED */
 	int nheld;         /* limit entries held (or being taken or given back) */
 	uint32_t held[SHM_LIMITS_PER_HOLDER];
 } shm_dialog_info_t;
@@ -194,8 +195,8 @@ shm_limit_result_t shm_dialog_acquire(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh,
  * CLAIMED -> EARLY. Returns 1, or 0 when the dialog is no longer CLAIMED:
  * swept after claim_s, the sweep gives back what it held; refuse the call.
  */
-int shm_dialog_commit(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, int64_t account, int64_t rule,
-                      int direction);
+int shm_dialog_commit(shm_dialog_sh_t *sh, shm_dialog_ref_t ref, int64_t account, int64_t rule, int direction,
+                      uint16_t txn);
 /* CLAIMED -> REFUSED with a SIP status to repeat; gives back anything held. 1, or 0 when not CLAIMED. */
 int shm_dialog_refuse(shm_dialog_sh_t *sh, shm_limits_sh_t *lsh, shm_dialog_ref_t ref, int code,
                       uint64_t now_s);

@@ -52,6 +52,7 @@ static const char *const reason_names[SHM_R_COUNT] = {
         "dialog_table_full",
         "no_dialog",
         "refused_again",
+        "dialog_reused",
 };
 static const char *const digest_names[SHM_D_COUNT] = {"challenged", "stale", "accepted", "failed", "dialog"};
 

@@ -101,6 +101,7 @@ enum shm_reason {
 	SHM_R_DIALOG_TABLE_FULL,  /* capacity.dialogs (or capacity.limit_keys) too small */
 	SHM_R_NO_DIALOG,          /* an in-dialog request matching no dialog: 481 */
 	SHM_R_REFUSED_AGAIN,      /* a retransmission of a refused INVITE: the same refusal */
+	SHM_R_DIALOG_REUSED, /* a new INVITE (another CSeq) with the Call-ID and From tag of a known dialog */
 	SHM_R_COUNT
 };
 

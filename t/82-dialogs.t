@@ -194,6 +194,20 @@ is(scalar(grep { ($_->{call_id} // '') eq $x->call_id } $t->log_events('dialog_e
 	$no_dialog++;
 }
 
+# --- a failed call's Call-ID and From tag used again by a new INVITE ----------------------
+
+{
+	my $y = $cust->dial($ss);
+	$y->answer(486);
+	is(wait_series(0, 'tollgate_account_channels', account => 'dlg'), 0, 'reuse: a call answered 486 frees its channel');
+	my $mark = $t->log_mark;
+	my ($resp, $req) = $cust->request(method => 'INVITE', call_id => $y->call_id, from_tag => $y->from_tag, cseq => 2);
+	is($resp && $resp->status, 503, 'a new INVITE (CSeq 2) with its Call-ID and From tag, within linger_s: 503');
+	my $ev = $t->wait_event('request_refused', 3, from => $mark, call_id => $y->call_id);
+	is($ev && $ev->{reason}, 'dialog_reused', '... reason dialog_reused: it would hold no channel');
+	ok(!$ss->take(call_id => $y->call_id, method => 'INVITE', timeout => 0.3), '... not forwarded');
+}
+
 # --- a call that is never answered -------------------------------------------------------
 
 {

@@ -204,15 +204,29 @@ int calls_admit(worker_t *w, const pkt_t *p, osip_message_t *msg, const snap_acc
 	int n = 0, which = 0;
 	uint64_t now = now_s();
 	shm_limit_result_t lr;
+	/* the INVITE's CSeq number, never 0: what its retransmissions and spirals repeat */
+	uint16_t txn = (uint16_t)(strtoul(msg->cseq->number, NULL, 10) % 65535 + 1);
 
 	switch (shm_dialog_begin(dh, lh, key_of(w, msg, sip_tag_of(msg->from)), now, &ref)) {
 	case SHM_DIALOG_NEW:
 		break;
 	case SHM_DIALOG_EXISTS:
 		/* a retransmission or a spiral: it holds what it took; a refused one is refused alike */
-		if (shm_dialog_read(dh, lh, ref, &info) && info.state == SHM_DS_REFUSED) {
-			const tg_refusal_t *r = refusal_of(cfg, info.code);
-			refuse(w, p, msg, SHM_R_REFUSED_AGAIN, r, a->name, NULL);
+		if (!shm_dialog_read(dh, lh, ref, &info))
+			return CALLS_PASS; /* gone this instant: the dialog's retransmission, late */
+		if (info.state == SHM_DS_REFUSED) {
+			refuse(w, p, msg, SHM_R_REFUSED_AGAIN, refusal_of(cfg, info.code), a->name, NULL);
+			return CALLS_ANSWERED;
+		}
+		/*
+		 * Another CSeq is another INVITE reusing the key (after a 3xx or a
+		 * 401 from the softswitch, or on purpose): admitted as a
+		 * retransmission it would be a call that holds no channel. The key
+		 * is taken until the dialog is forgotten (calls.linger_s after its
+		 * end), so it is refused until then.
+		 */
+		if (info.txn != txn) {
+			refuse(w, p, msg, SHM_R_DIALOG_REUSED, &cfg->refuse_dialogs_full, a->name, NULL);
 			return CALLS_ANSWERED;
 		}
 		return CALLS_PASS;
@@ -230,7 +244,7 @@ int calls_admit(worker_t *w, const pkt_t *p, osip_message_t *msg, const snap_acc
 		reqs[n++] = (shm_limit_req_t){SHM_LIMIT_RULE, rule->id,        rule->max_channels,
 		                              rule->max_cps,  rule->cps_burst, NULL};
 	lr = shm_dialog_acquire(dh, lh, ref, reqs, n, tg_now_ms(), &which);
-	if (lr == SHM_LIMIT_OK && shm_dialog_commit(dh, ref, a->id, rule ? rule->id : 0, direction))
+	if (lr == SHM_LIMIT_OK && shm_dialog_commit(dh, ref, a->id, rule ? rule->id : 0, direction, txn))
 		return CALLS_PASS;
 	if (lr == SHM_LIMIT_CHANNELS || lr == SHM_LIMIT_CPS) {
 		const tg_refusal_t *r = lr == SHM_LIMIT_CHANNELS ? &cfg->refuse_channels : &cfg->refuse_cps;

@@ -420,8 +420,8 @@ static void test_dialog_basics(void)
 	       "its retransmission meanwhile: PENDING");
 	is_int(shm_dialog_find(t.d, k, &r2), SHM_DIALOG_PENDING, "find meanwhile: PENDING");
 	is_int(shm_dialog_acquire(t.d, t.l, ref, reqs, 2, M0, &which), SHM_LIMIT_OK, "limits: OK");
-	is_int(shm_dialog_commit(t.d, ref, 1, 2, SHM_DIALOG_INGRESS), 1, "commit");
-	is_int(shm_dialog_commit(t.d, ref, 1, 2, SHM_DIALOG_INGRESS), 0, "commit again: 0");
+	is_int(shm_dialog_commit(t.d, ref, 1, 2, SHM_DIALOG_INGRESS, 0), 1, "commit");
+	is_int(shm_dialog_commit(t.d, ref, 1, 2, SHM_DIALOG_INGRESS, 0), 0, "commit again: 0");
 	is_int(shm_dialog_begin(t.d, t.l, k, T0 + 1, &r2), SHM_DIALOG_EXISTS, "retransmission: EXISTS");
 	ok(r2 == ref, "... the same dialog");
 	ok(shm_dialog_read(t.d, t.l, ref, &info) && info.state == SHM_DS_EARLY && info.nheld == 2 &&
@@ -452,10 +452,10 @@ static void test_dialog_basics(void)
 	is_int(shm_dialog_begin(t.d, t.l, k, T0 + 100, &ref), SHM_DIALOG_NEW, "the same key again: NEW");
 	ok(ref != old, "... a new generation");
 	shm_dialog_acquire(t.d, t.l, ref, reqs, 2, M0, &which);
-	shm_dialog_commit(t.d, ref, 1, 2, SHM_DIALOG_INGRESS);
+	shm_dialog_commit(t.d, ref, 1, 2, SHM_DIALOG_INGRESS, 0);
 	ok(shm_dialog_end(t.d, t.l, old, SHM_DE_BYE, T0 + 101) == 0 &&
 	           shm_dialog_confirm(t.d, old, T0) == 0 && shm_dialog_read(t.d, t.l, old, &info) == 0 &&
-	           shm_dialog_commit(t.d, old, 0, 0, 0) == 0,
+	           shm_dialog_commit(t.d, old, 0, 0, 0, 0) == 0,
 	   "a stale ref: end, confirm, read, commit all 0");
 	is_int(channels(t.l, SHM_LIMIT_ACCOUNT, 1), 1, "... and the new call keeps its channel");
 	is_int(shm_dialog_end(t.d, t.l, ref, SHM_DE_CANCEL, T0 + 101), 1, "CANCEL of the new one: end 1");
@@ -478,7 +478,7 @@ static void test_dialog_refuse_abandon(void)
 	k3 = shm_dialog_key(t.d, "c3", 2, "t", 1);
 	shm_dialog_begin(t.d, t.l, k1, T0, &r1);
 	shm_dialog_acquire(t.d, t.l, r1, &a, 1, M0, &which);
-	shm_dialog_commit(t.d, r1, 1, 0, SHM_DIALOG_INGRESS);
+	shm_dialog_commit(t.d, r1, 1, 0, SHM_DIALOG_INGRESS, 0);
 	is_int(shm_dialog_begin(t.d, t.l, k2, T0, &r2), SHM_DIALOG_NEW, "a second call: NEW");
 	is_int(shm_dialog_acquire(t.d, t.l, r2, &a, 1, M0, &which), SHM_LIMIT_CHANNELS,
 	       "max_channels 1 in use: CHANNELS");
@@ -527,7 +527,7 @@ static shm_dialog_ref_t open_call(tables_t *t, const char *cid, const shm_limit_
 	    shm_dialog_acquire(t->d, t->l, ref, reqs, n, M0, &which) != SHM_LIMIT_OK)
 		printf("# open_call %s failed\n", cid);
 	if (commit)
-		shm_dialog_commit(t->d, ref, 1, 0, SHM_DIALOG_INGRESS);
+		shm_dialog_commit(t->d, ref, 1, 0, SHM_DIALOG_INGRESS, 0);
 	return ref;
 }
 
@@ -567,7 +567,7 @@ static void test_dialog_sweep(void)
 	ok(shm_dialog_read(t.d, t.l, stuck, &info) && info.state == SHM_DS_ENDED &&
 	           info.reason == SHM_DE_CLAIM_TIMEOUT,
 	   "claim_s after: ENDED, claim_timeout");
-	is_int(shm_dialog_commit(t.d, stuck, 1, 0, 0), 0, "a creator that was only stopped: commit 0");
+	is_int(shm_dialog_commit(t.d, stuck, 1, 0, 0, 0), 0, "a creator that was only stopped: commit 0");
 	is_int(channels(t.l, SHM_LIMIT_ACCOUNT, 1), 2, "its channel given back: 2");
 	shm_dialog_sweep(t.d, t.l, T0 + 31, &to, on_swept, &log);
 	ok(shm_dialog_read(t.d, t.l, early, &info) && info.state == SHM_DS_EARLY, "31 s: EARLY still");
@@ -806,7 +806,7 @@ static void begin_body(int me, void *arg)
 		(void)me;
 		if (res == SHM_DIALOG_NEW) {
 			atomic_fetch_add(&a->r->wins[k % 4096], 1);
-			shm_dialog_commit(a->t->d, ref, 0, 0, 0);
+			shm_dialog_commit(a->t->d, ref, 0, 0, 0, 0);
 		} else if (res == SHM_DIALOG_BUSY) {
 			atomic_fetch_add(&a->r->busy, 1);
 		} else if (res != SHM_DIALOG_EXISTS && res != SHM_DIALOG_PENDING) {
@@ -958,7 +958,7 @@ static void kill_child(tables_t *t, kill_sh_t *k)
 			shm_dialog_abandon(t->d, t->l, ref, now);
 			continue;
 		}
-		shm_dialog_commit(t->d, ref, 70, 71, SHM_DIALOG_INGRESS);
+		shm_dialog_commit(t->d, ref, 70, 71, SHM_DIALOG_INGRESS, 0);
 		if (n % 2)
 			shm_dialog_confirm(t->d, ref, now);
 		live[n & 1] = ref;
