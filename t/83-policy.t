@@ -194,19 +194,6 @@ sub refused_ok {
 	$refused{$reason}++;
 }
 
-# A metric from a fresh scrape; undef when the series is not exported.
-sub series {
-	my ($name, %l) = @_;
-	my $m = $t->metrics or return undef;
-	my $key = $name;
-	$key .= '{' . join(',', map { "$_=\"$l{$_}\"" } sort keys %l) . '}' if %l;
-	return $m->{$key};
-}
-
-# Poll a series until it equals $want (at most 5 s); returns the last value.
-sub wait_series {
-	my ($want, $name, %l) = @_;
-	my $v;
-	wait_until(sub { $v = series($name, %l); defined $v && $v == $want }, 5);
-	return $v;
-}
+# The harness's series()/wait_series() on the tollgate under test ($t).
+sub series { $t->series(@_) }
+sub wait_series { $t->wait_series(@_) }

@@ -648,9 +648,29 @@ sub parse_metrics {
 sub metric {
 	my ($self, $name, %l) = @_;
 	my $m = $self->metrics or return undef;
-	my $key = $name;
-	$key .= '{' . join(',', map { "$_=\"$l{$_}\"" } sort keys %l) . '}' if %l;
-	return $m->{$key} // 0;
+	return $m->{ series_key($name, %l) } // 0;
+}
+
+sub series_key {
+	my ($name, %l) = @_;
+	return %l ? $name . '{' . join(',', map { "$_=\"$l{$_}\"" } sort keys %l) . '}' : $name;
+}
+
+# series('tollgate_account_channels', account => 'acme') — like metric(),
+# but undef when the series is not exported (to tell 0 from absent).
+sub series {
+	my ($self, $name, %l) = @_;
+	my $m = $self->metrics or return undef;
+	return $m->{ series_key($name, %l) };
+}
+
+# wait_series($want, $name, labels...) — poll series() until it equals
+# $want (at most 5 s); returns the last value.
+sub wait_series {
+	my ($self, $want, $name, %l) = @_;
+	my $v;
+	wait_until(sub { $v = $self->series($name, %l); defined $v && $v == $want }, 5);
+	return $v;
 }
 
 # wait_metric($name, \%labels, sub { $_[0] >= 100 }, $timeout) — poll.
