@@ -85,34 +85,32 @@ typedef struct limit_walk {
 	int what;
 } limit_walk_t;
 
+/* "tollgate_account_NAME{account=\"acme\"" or "tollgate_rule_NAME{rule=\"42\"": the caller closes it. */
+static void put_limit_series(struct evbuffer *b, const char *name, const shm_limit_stat_t *st)
+{
+	if (st->kind == SHM_LIMIT_ACCOUNT) {
+		evbuffer_add_printf(b, "tollgate_account_%s{account=\"", name);
+		put_label(b, st->name);
+	} else {
+		evbuffer_add_printf(b, "tollgate_rule_%s{rule=\"%lld", name, (long long)st->id);
+	}
+}
+
 static void put_limit(void *arg, const shm_limit_stat_t *st)
 {
 	limit_walk_t *lw = arg;
 	struct evbuffer *b = lw->b;
-	const char *kind = st->kind == SHM_LIMIT_ACCOUNT ? "account" : "rule";
 
 	if (lw->what == LM_REFUSALS) {
 		for (int i = 0; i < 2; i++) {
-			evbuffer_add_printf(b, "tollgate_%s_refusals_total{", kind);
-			if (st->kind == SHM_LIMIT_ACCOUNT) {
-				evbuffer_add_printf(b, "account=\"");
-				put_label(b, st->name);
-			} else {
-				evbuffer_add_printf(b, "rule=\"%lld", (long long)st->id);
-			}
+			put_limit_series(b, "refusals_total", st);
 			evbuffer_add_printf(
 			        b, "\",limit=\"%s\"} %llu\n", i ? "cps" : "channels",
 			        (unsigned long long)(i ? st->refusals_cps : st->refusals_channels));
 		}
 		return;
 	}
-	evbuffer_add_printf(b, "tollgate_%s_%s{", kind, lw->what == LM_CHANNELS ? "channels" : "calls_total");
-	if (st->kind == SHM_LIMIT_ACCOUNT) {
-		evbuffer_add_printf(b, "account=\"");
-		put_label(b, st->name);
-	} else {
-		evbuffer_add_printf(b, "rule=\"%lld", (long long)st->id);
-	}
+	put_limit_series(b, lw->what == LM_CHANNELS ? "channels" : "calls_total", st);
 	evbuffer_add_printf(b, "\"} %llu\n",
 	                    (unsigned long long)(lw->what == LM_CHANNELS ? st->channels : st->calls_total));
 }

@@ -260,6 +260,15 @@ static void fail(worker_t *w, const pkt_t *p, osip_message_t *msg, int reason, c
 	reply_send(w, p, msg, code, phrase);
 }
 
+/* 1 when libosip2's parse of a credential names realm (it keeps the quotes). */
+static int for_realm(const osip_authorization_t *a, const char *realm)
+{
+	size_t n = strlen(realm);
+
+	return a != NULL && a->realm != NULL && strlen(a->realm) == n + 2 &&
+	       strncmp(a->realm + 1, realm, n) == 0;
+}
+
 /*
  * The next header field of a raw message from *pos (which starts past the
  * start line): its name and its value, continuation lines included (the
@@ -335,8 +344,7 @@ static int find_credentials(worker_t *w, const pkt_t *p, osip_message_t *msg, di
 		for (int i = 0; i < osip_list_size(lists[l]); i++) {
 			osip_authorization_t *a = osip_list_get(lists[l], i);
 
-			if (a != NULL && a->realm != NULL && strlen(a->realm) == strlen(realm) + 2 &&
-			    strncmp(a->realm + 1, realm, strlen(realm)) == 0) {
+			if (for_realm(a, realm)) {
 				*why = first_why != NULL ? first_why : "syntax";
 				memset(c->bad_param, 0, sizeof c->bad_param);
 				return -1;
@@ -355,8 +363,7 @@ void auth_strip_credentials(worker_t *w, osip_message_t *msg)
 		for (int i = 0; i < osip_list_size(lists[l]);) {
 			osip_authorization_t *a = osip_list_get(lists[l], i);
 
-			if (a != NULL && a->realm != NULL && strlen(a->realm) == strlen(realm) + 2 &&
-			    strncmp(a->realm + 1, realm, strlen(realm)) == 0) {
+			if (for_realm(a, realm)) {
 				osip_list_remove(lists[l], i);
 				osip_authorization_free(a);
 			} else {
